@@ -1,0 +1,158 @@
+"""The WebSocket edge with a real server socket and the ``websockets`` client: auth, origins,
+limits and bad input. Engines are fakes here (the logic under test is the transport's); the real
+engines are exercised in test_realtime_sdk.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import free_port
+from tests.session.fakes import SlowLlm, ToneTts, fake_engines, silence, tone
+from voicebot.config import from_env
+from voicebot.server import AppState, create_app
+
+KEY = "sekret"
+LIMIT = 256 * 1024
+
+
+class ThreadServer:
+    def __init__(self, **settings: Any) -> None:
+        self.llm = SlowLlm(delay=0.05)
+        self.port = free_port()
+        self.settings = from_env({}, host="127.0.0.1", port=self.port, **settings)
+        self.app = create_app(self.settings, engines=fake_engines(llm=self.llm, tts=ToneTts(ms_per_char=20)))
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                ws_max_size=self.settings.max_message_bytes * 2 + 1024)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=voicebot"
+
+    @property
+    def state(self) -> AppState:
+        state: AppState = self.app.state.voicebot
+        return state
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadServer]:
+    with ThreadServer(api_keys=(KEY,), max_message_bytes=LIMIT, allowed_origins=("https://good.example",)) as s:
+        yield s
+
+
+async def recv_until(ws: Any, kind: str, timeout: float = 5) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            event = json.loads(await ws.recv())
+            if event["type"] == kind:
+                return event
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+async def test_missing_or_wrong_key_is_refused_at_handshake(server: ThreadServer) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        with pytest.raises(InvalidStatus) as refused:
+            async with websockets.connect(server.url, additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 401
+        assert b"API key" in refused.value.response.body
+
+
+async def test_browser_subprotocol_key_is_accepted_and_realtime_selected(server: ThreadServer) -> None:
+    async with websockets.connect(server.url, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"],
+                                  origin="https://good.example") as ws:
+        assert ws.subprotocol == "realtime"
+        assert (await recv_until(ws, "session.created"))["session"]["type"] == "realtime"
+
+
+async def test_foreign_origin_is_refused(server: ThreadServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(server.url, additional_headers=auth(), origin="https://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{oops", "invalid_json"),
+        (json.dumps({"type": "bogus", "event_id": "ev1"}), "unknown_event_type"),
+        (json.dumps({"type": "conversation.item.create", "event_id": "ev1"}), "missing_required_parameter"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "%%%", "event_id": "ev1"}), "invalid_value"),
+        (b"\x00\x01binary", "invalid_message"),
+        (json.dumps({"type": "input_audio_buffer.append", "event_id": "ev1",
+                     "audio": base64.b64encode(bytes(LIMIT)).decode()}), "message_too_large"),
+    ],
+)
+async def test_bad_messages_get_error_events_and_the_session_continues(server: ThreadServer, message: Any,
+                                                                      code: str) -> None:
+    async with websockets.connect(server.url, additional_headers=auth(), max_size=None) as ws:
+        await recv_until(ws, "session.created")
+        await ws.send(message)
+        error = (await recv_until(ws, "error"))["error"]
+        assert error["code"] == code and error["message"]
+        if isinstance(message, str) and '"event_id": "ev1"' in message and code != "message_too_large":
+            assert error["event_id"] == "ev1"
+        await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "ok"}}))
+        assert (await recv_until(ws, "session.updated"))["session"]["instructions"] == "ok"
+
+
+async def test_far_oversized_message_closes_only_that_socket(server: ThreadServer) -> None:
+    async with websockets.connect(server.url, additional_headers=auth(), max_size=None) as ws:
+        await recv_until(ws, "session.created")
+        await ws.send("x" * (LIMIT * 2 + 4096))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await recv_until(ws, "never")
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        assert (await recv_until(ws, "session.created"))
+
+
+async def test_disconnect_mid_reply_leaves_no_session_or_task(server: ThreadServer) -> None:
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        await recv_until(ws, "session.created")
+        for chunk in (tone(600), silence(900)):
+            for i in range(0, len(chunk), 4800):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(chunk[i : i + 4800]).decode()}))
+        await recv_until(ws, "response.output_audio.delta", timeout=10)
+        assert server.llm.active == 1 or server.state.sessions
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (server.state.sessions or server.llm.active):
+        await asyncio.sleep(0.05)
+    assert not server.state.sessions
+    assert server.llm.active == 0
+    assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()["sessions"] == 0

@@ -1,0 +1,96 @@
+"""Fake engines that isolate the session's logic from model speed and accuracy.
+
+They behave like the real ones where the session depends on it: the VAD scores by energy, the
+LLM streams pieces with a delay and stops when closed, the TTS returns audio whose length grows
+with the text. Real-engine behaviour is proven separately in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from voicebot.engines.base import ChatMessage, Engines, Float32Array, Int16Array, VadScores
+
+RATE = 16_000
+
+
+class EnergyVad:
+    hop_samples = 512
+
+    def score(self, hop: Float32Array) -> VadScores:
+        loud = float(np.sqrt(np.mean(hop**2))) > 0.05
+        return VadScores(fast=loud, prob=0.95 if loud else 0.02)
+
+    def reset(self) -> None:
+        pass
+
+
+class ScriptedAsr:
+    name = "scripted"
+
+    def __init__(self, transcripts: Sequence[str] = ("hello there",)) -> None:
+        self.transcripts = list(transcripts)
+        self.calls = 0
+
+    def transcribe(self, audio: Float32Array, language: str | None = None) -> str:
+        text = self.transcripts[min(self.calls, len(self.transcripts) - 1)]
+        self.calls += 1
+        return text
+
+
+class SlowLlm:
+    """Streams a fixed reply word by word; records what it was asked and whether it was stopped."""
+
+    name = "slow"
+
+    def __init__(self, reply: str = "Sure, I can help with that. Here is a second sentence for you. "
+                 "And a third one to keep talking for a while.", delay: float = 0.01) -> None:
+        self.reply = reply
+        self.delay = delay
+        self.requests: list[list[ChatMessage]] = []
+        self.active = 0
+        self.closed = 0
+
+    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int,
+                     temperature: float) -> AsyncIterator[str]:
+        self.requests.append(list(messages))
+        self.active += 1
+        try:
+            for i, word in enumerate(self.reply.split(" ")[:max_tokens]):
+                await asyncio.sleep(self.delay)
+                yield word if i == 0 else " " + word
+        finally:
+            self.active -= 1
+            self.closed += 1
+
+
+class ToneTts:
+    name = "tone"
+    sample_rate = 22_050
+
+    def __init__(self, ms_per_char: float = 40.0) -> None:
+        self.ms_per_char = ms_per_char
+        self.texts: list[str] = []
+
+    def synthesize(self, text: str) -> Int16Array:
+        self.texts.append(text)
+        n = int(len(text) * self.ms_per_char * self.sample_rate / 1000)
+        t = np.arange(n) / self.sample_rate
+        return (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
+
+
+def fake_engines(asr: ScriptedAsr | None = None, llm: SlowLlm | None = None,
+                 tts: ToneTts | None = None) -> Engines:
+    return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts())
+
+
+def tone(ms: float, rate: int = 24_000, amplitude: int = 8000) -> bytes:
+    t = np.arange(int(rate * ms / 1000)) / rate
+    return (np.sin(2 * np.pi * 300 * t) * amplitude).astype("<i2").tobytes()
+
+
+def silence(ms: float, rate: int = 24_000) -> bytes:
+    return np.zeros(int(rate * ms / 1000), "<i2").tobytes()

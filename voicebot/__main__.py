@@ -1,0 +1,77 @@
+"""Command line: ``voicebot serve | models``.
+
+Every ``serve`` flag is generated from :class:`voicebot.config.Settings`, and each can also be
+given as a ``VOICEBOT_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from voicebot import config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from voicebot.server import create_app
+
+    settings = config.from_args(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Oversized messages up to twice the limit still get a protocol error event; beyond that
+        # the socket is closed with 1009 before a byte is buffered.
+        ws_max_size=settings.max_message_bytes * 2 + 1024,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from voicebot.errors import ModelError
+    from voicebot.models import prepare_all
+
+    try:
+        prepare_all(verify=args.verify)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicebot",
+        description="Realtime voice-to-voice assistant server speaking the OpenAI Realtime API "
+        "(WebSocket /v1/realtime), with embedded offline VAD, ASR, LLM and TTS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="Start the server (loads the models, then listens).",
+        description="Start the server. Every flag can also be set as a VOICEBOT_* environment variable.",
+    )
+    config.add_arguments(serve)
+    serve.set_defaults(func=_serve)
+    models = sub.add_parser("models", help="Assemble and verify the embedded model files, then exit.")
+    models.add_argument("--verify", action="store_true", help="Re-hash files even if already verified.")
+    models.set_defaults(func=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

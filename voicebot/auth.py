@@ -1,0 +1,89 @@
+"""Who may connect: API keys (header or browser subprotocol), short-lived client tokens, Origins.
+
+Browsers cannot set an Authorization header on a WebSocket, so like the hosted API we accept
+the key in the ``openai-insecure-api-key.<key>`` subprotocol, and short-lived tokens minted by
+an authenticated request (so a web page never holds the long-lived key).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+TOKEN_PREFIX = "ek_"
+
+
+@dataclass
+class ClientTokens:
+    """Ephemeral tokens (``ek_…``): random, stored with an expiry, valid until then."""
+
+    ttl_s: float = 600.0
+    _tokens: dict[str, float] = field(default_factory=dict)
+
+    def mint(self, ttl_s: float | None = None, now: float | None = None) -> tuple[str, float]:
+        now = time.time() if now is None else now
+        self._expire(now)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+        expires_at = now + (self.ttl_s if ttl_s is None else ttl_s)
+        self._tokens[token] = expires_at
+        return token, expires_at
+
+    def valid(self, token: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        expires = self._tokens.get(token)
+        return expires is not None and expires > now
+
+    def _expire(self, now: float) -> None:
+        for token in [t for t, exp in self._tokens.items() if exp <= now]:
+            del self._tokens[token]
+
+
+@dataclass
+class Authenticator:
+    api_keys: Sequence[str]
+    tokens: ClientTokens = field(default_factory=ClientTokens)
+
+    @property
+    def required(self) -> bool:
+        return bool(self.api_keys)
+
+    def is_api_key(self, candidate: str | None) -> bool:
+        if not candidate:
+            return False
+        # Constant-time comparison against every key: no timing hints about which prefix matched.
+        return any(hmac.compare_digest(candidate.encode(), key.encode()) for key in self.api_keys)
+
+    def accepts(self, candidate: str | None) -> bool:
+        """A long-lived API key or a live client token."""
+        if not self.required:
+            return True
+        if candidate is None:
+            return False
+        return self.is_api_key(candidate) or self.tokens.valid(candidate)
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def subprotocol_key(subprotocols: Sequence[str]) -> str | None:
+    for proto in subprotocols:
+        if proto.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return proto[len(KEY_SUBPROTOCOL_PREFIX):]
+    return None
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """Non-browser clients send no Origin; browsers must be same-origin or on the allowlist."""
+    if origin is None or "*" in allowed:
+        return True
+    if origin in allowed:
+        return True
+    # Same origin: the Origin's host:port equals the Host header.
+    return host is not None and origin.split("://", 1)[-1] == host

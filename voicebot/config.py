@@ -1,0 +1,153 @@
+"""One frozen Settings object, filled from CLI flags and ``VOICEBOT_*`` environment variables.
+
+Every setting is declared once in ``SETTINGS_HELP`` order through the dataclass fields; the CLI
+(`voicebot serve --help`) is generated from them, so a flag, its env var and its default can
+never drift apart. Precedence: CLI flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_INSTRUCTIONS = (
+    "You are voicebot, a friendly voice assistant. Your replies are spoken aloud, so answer in one to "
+    "three short, natural sentences. Never use lists, markdown, code, emoji or URLs. If you did not "
+    "understand, ask briefly."
+)
+
+
+def _meta(help: str, *, choices: Sequence[str] | None = None, repeat: bool = False) -> dict[str, Any]:
+    return {"help": help, "choices": choices, "repeat": repeat}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Network
+    host: str = field(default="127.0.0.1", metadata=_meta("Address to bind."))
+    port: int = field(default=8000, metadata=_meta("TCP port to listen on."))
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "API key clients must present (Bearer header, or the `openai-insecure-api-key.` "
+            "subprotocol). Repeatable; env: comma-separated. Empty = no auth.",
+            repeat=True,
+        ),
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Browser Origins allowed to open WebSockets (besides same-origin). Repeatable; "
+            "'*' allows any. Requests without an Origin header (non-browsers) are always allowed.",
+            repeat=True,
+        ),
+    )
+    max_message_bytes: int = field(
+        default=15 * 1024 * 1024, metadata=_meta("Largest client WebSocket message accepted (bytes).")
+    )
+    web_dir: str = field(default="", metadata=_meta("Directory of the demo page (default: the bundled web/)."))
+    log_level: str = field(
+        default="info", metadata=_meta("Logging level.", choices=("debug", "info", "warning", "error"))
+    )
+
+    # Conversation defaults (a client may override per session with session.update)
+    instructions: str = field(default=DEFAULT_INSTRUCTIONS, metadata=_meta("Default system prompt."))
+    max_response_tokens: int = field(default=256, metadata=_meta("Upper bound on tokens per reply."))
+    temperature: float = field(default=0.7, metadata=_meta("LLM sampling temperature."))
+
+    # Engines
+    asr_model: str = field(
+        default="tiny.en",
+        metadata=_meta("Embedded Whisper model: tiny.en (fast) or base (multilingual, slower).",
+                       choices=("tiny.en", "base")),
+    )
+    asr_language: str = field(default="en", metadata=_meta("Language hint for the ASR ('' = detect)."))
+    asr_workers: int = field(default=2, metadata=_meta("Parallel ASR workers (one CPU thread each)."))
+    llm_base_url: str = field(
+        default="",
+        metadata=_meta("OpenAI-compatible chat endpoint (e.g. http://host:8080/v1). Empty = embedded llama.cpp."),
+    )
+    llm_model: str = field(default="", metadata=_meta("Model name for the remote LLM endpoint."))
+    llm_api_key: str = field(default="", metadata=_meta("API key for the remote LLM endpoint."))
+    llm_threads: int = field(default=2, metadata=_meta("CPU threads for the embedded LLM."))
+    llm_context: int = field(default=4096, metadata=_meta("Context window (tokens) for the embedded LLM."))
+    llm_parallel: int = field(
+        default=2, metadata=_meta("Concurrent generation slots in the embedded LLM (one per active reply).")
+    )
+    model_dir: str = field(
+        default="",
+        metadata=_meta("Where assembled model files are kept (default: ~/.cache/voicebot/models)."),
+    )
+    tts_speed: float = field(default=1.0, metadata=_meta("Speech rate multiplier for the synthesized voice."))
+
+    # Output pacing
+    output_lead_ms: int = field(
+        default=600,
+        metadata=_meta(
+            "How far ahead of real time assistant audio is sent. Small = exact truncation on barge-in; "
+            "large = tolerant of network jitter."
+        ),
+    )
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.api_keys)
+
+
+def _env_name(name: str) -> str:
+    return "VOICEBOT_" + name.upper()
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    if f.metadata.get("repeat"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    kind = type(f.default)
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``VOICEBOT_*`` variables, then explicit overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _convert(f, raw)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting; its help names the env var and shows the default."""
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
+        if f.metadata.get("repeat"):
+            parser.add_argument(flag, action="append", default=None, help=help_text, metavar="VALUE")
+            continue
+        shown = repr(f.default) if isinstance(f.default, str) and len(f.default) < 60 else f.default
+        if isinstance(f.default, str) and len(f.default) >= 60:
+            shown = "a short voice-assistant prompt"
+        parser.add_argument(
+            flag,
+            type=type(f.default),
+            default=None,
+            choices=f.metadata.get("choices"),
+            help=f"{help_text} (default: {shown})",
+        )
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        overrides[f.name] = tuple(value) if f.metadata.get("repeat") else value
+    return from_env(env, **overrides)

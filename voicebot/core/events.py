@@ -1,0 +1,280 @@
+"""The OpenAI Realtime (GA) wire events: validated parsing of client events, serialisation of server events.
+
+Client events are validated with pydantic models (lenient about extra fields, strict about the
+fields we use), so every malformed event becomes a :class:`ProtocolError` naming the event type,
+the offending parameter and the client's ``event_id`` — never an exception inside the session.
+
+Server events are plain dicts built by the session. Audio payloads travel inside them as raw
+``bytes`` so that transports which do not speak JSON (WebRTC tracks, telephony frames) can take
+the PCM directly; :func:`dumps` base64-encodes bytes only when the event goes out as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from voicebot.errors import ProtocolError
+
+ServerEvent = dict[str, Any]
+
+
+def new_id(prefix: str) -> str:
+    """Ids shaped like the hosted API's (``item_…``, ``resp_…``, ``event_…``)."""
+    return f"{prefix}_{secrets.token_urlsafe(12).replace('-', 'x').replace('_', 'y')}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+# --- session configuration (GA shape, with the beta aliases old clients still send) -------------
+
+
+class TurnDetection(_Model):
+    type: Literal["server_vad", "semantic_vad"] = "server_vad"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    prefix_padding_ms: int | None = Field(default=None, ge=0, le=5000)
+    silence_duration_ms: int | None = Field(default=None, ge=0, le=10000)
+    create_response: bool | None = None
+    interrupt_response: bool | None = None
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
+
+
+class Transcription(_Model):
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+
+
+class AudioInput(_Model):
+    format: dict[str, Any] | str | None = None
+    transcription: Transcription | None = Field(default=None)
+    turn_detection: TurnDetection | None = Field(default=None)
+    noise_reduction: dict[str, Any] | None = None
+
+
+class AudioOutput(_Model):
+    format: dict[str, Any] | str | None = None
+    voice: str | None = None
+    speed: float | None = Field(default=None, ge=0.25, le=4.0)
+
+
+class AudioConfig(_Model):
+    input: AudioInput | None = None
+    output: AudioOutput | None = None
+
+
+class SessionConfig(_Model):
+    type: Literal["realtime"] | None = None
+    instructions: str | None = None
+    output_modalities: list[Literal["audio", "text"]] | None = Field(default=None, min_length=1)
+    audio: AudioConfig | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    # Beta-era names, still sent by older clients and bridges.
+    modalities: list[Literal["audio", "text"]] | None = None
+    input_audio_format: str | None = None
+    output_audio_format: str | None = None
+    turn_detection: TurnDetection | None = None
+    input_audio_transcription: Transcription | None = None
+    voice: str | None = None
+    max_response_output_tokens: int | Literal["inf"] | None = None
+
+
+# --- conversation items ---------------------------------------------------------------------------
+
+
+class ContentPart(_Model):
+    type: Literal["input_text", "input_audio", "output_text", "output_audio", "text", "audio"]
+    text: str | None = None
+    audio: str | None = None  # base64, in the session's input format
+    transcript: str | None = None
+
+
+class ItemParam(_Model):
+    id: str | None = Field(default=None, max_length=64)
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system"]
+    content: list[ContentPart] = Field(min_length=1)
+    status: str | None = None
+
+
+class ResponseParams(_Model):
+    instructions: str | None = None
+    output_modalities: list[Literal["audio", "text"]] | None = Field(default=None, min_length=1)
+    modalities: list[Literal["audio", "text"]] | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
+    conversation: Literal["auto", "none"] | str | None = None
+    metadata: dict[str, str] | None = None
+    input: list[ItemParam] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+
+# --- client events --------------------------------------------------------------------------------
+
+
+class _Event(_Model):
+    event_id: str | None = None
+
+
+class SessionUpdate(_Event):
+    type: Literal["session.update"]
+    session: SessionConfig
+
+
+class InputAudioBufferAppend(_Event):
+    type: Literal["input_audio_buffer.append"]
+    audio: str
+
+
+class InputAudioBufferCommit(_Event):
+    type: Literal["input_audio_buffer.commit"]
+
+
+class InputAudioBufferClear(_Event):
+    type: Literal["input_audio_buffer.clear"]
+
+
+class OutputAudioBufferClear(_Event):
+    type: Literal["output_audio_buffer.clear"]
+
+
+class ConversationItemCreate(_Event):
+    type: Literal["conversation.item.create"]
+    item: ItemParam
+    previous_item_id: str | None = None
+
+
+class ConversationItemDelete(_Event):
+    type: Literal["conversation.item.delete"]
+    item_id: str
+
+
+class ConversationItemRetrieve(_Event):
+    type: Literal["conversation.item.retrieve"]
+    item_id: str
+
+
+class ConversationItemTruncate(_Event):
+    type: Literal["conversation.item.truncate"]
+    item_id: str
+    content_index: int = Field(ge=0)
+    audio_end_ms: int = Field(ge=0)
+
+
+class ResponseCreate(_Event):
+    type: Literal["response.create"]
+    response: ResponseParams | None = None
+
+
+class ResponseCancel(_Event):
+    type: Literal["response.cancel"]
+    response_id: str | None = None
+
+
+ClientEvent = Annotated[
+    SessionUpdate
+    | InputAudioBufferAppend
+    | InputAudioBufferCommit
+    | InputAudioBufferClear
+    | OutputAudioBufferClear
+    | ConversationItemCreate
+    | ConversationItemDelete
+    | ConversationItemRetrieve
+    | ConversationItemTruncate
+    | ResponseCreate
+    | ResponseCancel,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+CLIENT_EVENT_TYPES = frozenset(
+    t.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    for t in (
+        SessionUpdate, InputAudioBufferAppend, InputAudioBufferCommit, InputAudioBufferClear,
+        OutputAudioBufferClear, ConversationItemCreate, ConversationItemDelete,
+        ConversationItemRetrieve, ConversationItemTruncate, ResponseCreate, ResponseCancel,
+    )
+)
+
+
+def parse_client_event(raw: str | bytes) -> ClientEvent:
+    """Parse and validate one client message; raise :class:`ProtocolError` with a precise message."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"The message is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("A client event must be a JSON object.", code="invalid_json")
+    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("The event has no 'type' string.", code="missing_required_parameter",
+                            param="type", event_id=event_id)
+    if kind not in CLIENT_EVENT_TYPES:
+        raise ProtocolError(f"Unknown client event type '{kind}'.", code="unknown_event_type",
+                            param="type", event_id=event_id)
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"][1:]]  # drop the discriminator tag
+        param = ".".join(loc) or None
+        missing = first["type"] == "missing"
+        message = (
+            f"Missing required parameter '{param}' in '{kind}'."
+            if missing
+            else f"Invalid value for '{param}' in '{kind}': {first['msg']}."
+        )
+        raise ProtocolError(
+            message,
+            code="missing_required_parameter" if missing else "invalid_value",
+            param=param,
+            event_id=event_id,
+        ) from None
+
+
+def decode_audio(b64: str, *, param: str, event_id: str | None) -> bytes:
+    """Strict base64 (the SDKs send standard padding); garbage becomes a clear protocol error."""
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"'{param}' is not valid base64 audio.", code="invalid_value",
+                            param=param, event_id=event_id) from None
+
+
+# --- server events --------------------------------------------------------------------------------
+
+
+def server_event(type: str, **fields: Any) -> ServerEvent:
+    return {"type": type, "event_id": new_id("event"), **fields}
+
+
+def error_event(err: ProtocolError) -> ServerEvent:
+    return server_event(
+        "error",
+        error={
+            "type": err.type,
+            "code": err.code,
+            "message": err.message,
+            "param": err.param,
+            "event_id": err.event_id,
+        },
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(event: ServerEvent) -> str:
+    """Serialise a server event; raw audio bytes become base64 here and only here."""
+    return json.dumps(event, default=_json_default, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,1 @@
+"""Engine protocols (base.py) and one module per real backend."""

@@ -1,0 +1,166 @@
+"""One assistant reply as a pipeline: LLM tokens -> speakable clauses -> TTS -> paced audio.
+
+The three stages run concurrently in one TaskGroup so the first clause is spoken while the LLM
+is still writing the rest. Cancelling the task that awaits :meth:`ReplyPipeline.run` cancels
+every stage at once: the LLM iterator is closed (its engine stops generating within a token),
+queued clauses and audio are dropped, and no audio event is emitted after the cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicebot.core.audio import OutputAudio
+from voicebot.core.chunker import SpeechChunker
+from voicebot.core.conversation import Item
+from voicebot.core.events import ServerEvent, server_event
+from voicebot.core.playout import PlayoutClock
+from voicebot.engines.base import ChatMessage, Engines, Int16Array
+
+#: Audio deltas are cut to this length: short enough that a cancel stops output almost at once,
+#: long enough that per-event overhead stays negligible.
+DELTA_MS = 100
+_CLAUSE_QUEUE = 4  # clauses waiting for TTS
+_AUDIO_QUEUE = 2  # synthesized clauses waiting to be sent
+
+
+@dataclass
+class ReplyTimings:
+    """Wall-clock marks (time.monotonic seconds) of one reply, for metrics and benchmarks."""
+
+    started: float = field(default_factory=time.monotonic)
+    llm_first_token: float | None = None
+    first_clause: float | None = None
+    tts_first_audio: float | None = None
+    first_audio_sent: float | None = None
+    llm_tokens: int = 0
+
+    def as_ms(self) -> dict[str, float | int | None]:
+        def since(mark: float | None) -> float | None:
+            return None if mark is None else round((mark - self.started) * 1000, 1)
+
+        return {
+            "llm_first_token_ms": since(self.llm_first_token),
+            "first_clause_ms": since(self.first_clause),
+            "tts_first_audio_ms": since(self.tts_first_audio),
+            "first_audio_sent_ms": since(self.first_audio_sent),
+            "llm_tokens": self.llm_tokens,
+        }
+
+
+@dataclass
+class ReplyPipeline:
+    response_id: str
+    item: Item
+    engines: Engines
+    messages: Sequence[ChatMessage]
+    audio_out: OutputAudio | None  # None = text-only reply
+    clock: PlayoutClock
+    emit: Callable[[ServerEvent], None]
+    max_tokens: int
+    temperature: float
+    on_audible: Callable[[], None] = lambda: None
+    timings: ReplyTimings = field(default_factory=ReplyTimings)
+    full_text: str = ""  # everything the LLM wrote (the item keeps only what was spoken)
+
+    def _ids(self) -> dict[str, Any]:
+        return {"response_id": self.response_id, "item_id": self.item.id, "output_index": 0,
+                "content_index": 0}
+
+    async def run(self) -> None:
+        if self.audio_out is None:
+            await self._write_text()
+            return
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(_CLAUSE_QUEUE)
+        audio: asyncio.Queue[tuple[str, Int16Array] | None] = asyncio.Queue(_AUDIO_QUEUE)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._think(clauses))
+            group.create_task(self._synthesize(clauses, audio))
+            group.create_task(self._send(audio))
+
+    async def _tokens(self) -> Any:
+        stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
+                                         temperature=self.temperature)
+        try:
+            async for piece in stream:
+                if self.timings.llm_first_token is None:
+                    self.timings.llm_first_token = time.monotonic()
+                self.timings.llm_tokens += 1
+                self.full_text += piece
+                yield piece
+        finally:
+            # Closing the engine's iterator is what stops generation (and its thread) at once.
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _write_text(self) -> None:
+        self.item.text = ""
+        async for piece in self._tokens():
+            self.item.text += piece
+            self.emit(server_event("response.output_text.delta", delta=piece, **self._ids()))
+        self.item.text = self.item.text.strip()
+
+    async def _think(self, clauses: asyncio.Queue[str | None]) -> None:
+        chunker = SpeechChunker()
+        async for piece in self._tokens():
+            for clause in chunker.push(piece):
+                await self._put_clause(clauses, clause)
+        for clause in chunker.flush():
+            await self._put_clause(clauses, clause)
+        await clauses.put(None)
+
+    async def _put_clause(self, clauses: asyncio.Queue[str | None], clause: str) -> None:
+        if self.timings.first_clause is None:
+            self.timings.first_clause = time.monotonic()
+        await clauses.put(clause)
+
+    async def _synthesize(self, clauses: asyncio.Queue[str | None],
+                          audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
+        tts = self.engines.tts
+        while (clause := await clauses.get()) is not None:
+            samples = await asyncio.to_thread(tts.synthesize, clause)
+            if self.timings.tts_first_audio is None:
+                self.timings.tts_first_audio = time.monotonic()
+            if samples.size:
+                await audio.put((clause, samples))
+        await audio.put(None)
+
+    async def _send(self, audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
+        assert self.audio_out is not None
+        out = self.audio_out
+        fmt = out.fmt
+        rate = self.engines.tts.sample_rate
+        self.item.text = ""
+        while (entry := await audio.get()) is not None:
+            clause, samples = entry
+            encoded = out.convert(samples)
+            clause_ms = samples.size * 1000 / rate
+            # The transcript advances with the audio, so it never runs ahead of what is heard.
+            self.item.append_segment(clause, clause_ms)
+            self.item.text = f"{self.item.text} {clause}".strip()
+            self.emit(server_event("response.output_audio_transcript.delta",
+                                   delta=clause if not self.item.segments[:-1] else " " + clause,
+                                   **self._ids()))
+            await self._send_audio(encoded, fmt.bytes_for_ms(DELTA_MS))
+        tail = out.finish()
+        if tail:
+            await self._send_audio(tail, len(tail))
+
+    async def _send_audio(self, encoded: bytes, step: int) -> None:
+        assert self.audio_out is not None
+        fmt = self.audio_out.fmt
+        for start in range(0, len(encoded), step):
+            chunk = encoded[start : start + step]
+            delay = self.clock.delay_before_send(time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+            chunk_ms = fmt.ms_for_bytes(len(chunk))
+            self.clock.sent(chunk_ms, time.monotonic())
+            self.item.audio_ms += chunk_ms
+            if self.timings.first_audio_sent is None:
+                self.timings.first_audio_sent = time.monotonic()
+                self.on_audible()
+            self.emit(server_event("response.output_audio.delta", delta=chunk, **self._ids()))

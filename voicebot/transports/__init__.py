@@ -1,0 +1,1 @@
+"""Transports: wire formats <-> Session. Translation only, no decisions."""
