@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import start_server, stop_server  # noqa: E402
-from tests.realtime_client import Microphone, Recorder, client, receive_into, silence24k, to_pcm24k  # noqa: E402
-from tests.speech import cards, librivox  # noqa: E402
+from tests.conftest import start_server, stop_server
+from tests.realtime_client import Microphone, Recorder, client, receive_into, silence24k, to_pcm24k
+from tests.speech import cards, librivox
 
 KEY = "bench-key"
 

@@ -37,15 +37,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from voicebot.errors import ModelError
-    from voicebot.models import prepare_all
+    from voicebot.models import main as prepare_models
 
-    try:
-        prepare_all(verify=args.verify)
-    except ModelError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return prepare_models(["--cache-dir", args.cache_dir] if args.cache_dir else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_arguments(serve)
     serve.set_defaults(func=_serve)
-    models = sub.add_parser("models", help="Assemble and verify the embedded model files, then exit.")
-    models.add_argument("--verify", action="store_true", help="Re-hash files even if already verified.")
+    models = sub.add_parser("models", help="Assemble and fully verify (sha256) the embedded model files, then exit.")
+    models.add_argument("--cache-dir", default="", help="Where assembled files go (default: ~/.cache/voicebot/models).")
     models.set_defaults(func=_models)
     return parser
 

@@ -105,7 +105,7 @@ def _env_name(name: str) -> str:
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     if f.metadata.get("repeat"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
-    kind = type(f.default)
+    kind: type[Any] = type(f.default)
     if kind is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     return kind(raw)

@@ -78,6 +78,10 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
             state: AppState = app.state.voicebot
             for session in list(state.sessions):
                 await session.close()
+            if engines is None:  # engines we loaded are ours to release
+                from voicebot.engines.loader import close_engines
+
+                await close_engines(loaded)
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),

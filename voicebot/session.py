@@ -24,7 +24,7 @@ from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, OutputAudio, int16_to_float32
 from voicebot.core.buffer import PcmBuffer
-from voicebot.core.conversation import Conversation, Item
+from voicebot.core.conversation import ContentType, Conversation, Item
 from voicebot.core.endpoint import (
     EndpointConfig,
     Endpointer,
@@ -58,7 +58,7 @@ class SessionConfig:
     output_format: AudioFormat = PCM24K
     transcription: dict[str, Any] | None = field(default_factory=lambda: {"model": "whisper", "language": None})
     vad: EndpointConfig | None = field(default_factory=EndpointConfig)
-    policy: TurnPolicy = TurnPolicy()
+    policy: TurnPolicy = field(default_factory=TurnPolicy)
     vad_type: str = "server_vad"
     voice: str = "joe"
     speed: float = 1.0
@@ -484,7 +484,7 @@ class Session:
         if text is None:
             raise ProtocolError("The content part has no text.", code="missing_required_parameter",
                                 param="item.content[0].text", event_id=event.event_id)
-        content_type = "output_text" if param.role == "assistant" else "input_text"
+        content_type: ContentType = "output_text" if param.role == "assistant" else "input_text"
         item = Item(item_id, param.role, content_type, text=text)
         previous = self.conversation.add(item, event.previous_item_id, event_id=event.event_id)
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
@@ -546,7 +546,8 @@ class Session:
     async def _run_reply(self, reply: _Reply) -> None:
         pipeline, params = reply.pipeline, reply.params
         item = pipeline.item
-        status, details = "completed", None
+        status: str = "completed"
+        details: dict[str, Any] | None = None
         self.emit(ev.server_event("response.created", response=self._response_wire(reply, "in_progress")))
         try:
             # The reply must see every user turn, so wait for transcriptions still running.
@@ -582,7 +583,8 @@ class Session:
                 log.error("session %s: reply %s failed", self.id, reply.id, exc_info=exc)
             message = "; ".join(str(e) for e in errors)
             status = "failed"
-            details = {"type": "failed", "error": {"type": "server_error", "code": "engine_error", "message": message}}
+            details = {"type": "failed",
+                       "error": {"type": "server_error", "code": "engine_error", "message": message}}
             self.emit(ev.error_event(ProtocolError(f"The response failed: {message}", code="engine_error",
                                                    type="server_error")))
         finally:

@@ -1,0 +1,191 @@
+"""voicebot.core.endpoint: scripted VAD score sequences -> speech events, no clocks, no loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from voicebot.core.endpoint import (
+    EndpointConfig,
+    EndpointConfigError,
+    Endpointer,
+    EndpointEvent,
+    PauseStarted,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+)
+from voicebot.engines.base import VadScores
+from voicebot.errors import VoicebotError
+
+HOP = 32
+VOICE = VadScores(fast=True, prob=0.9)
+SURE = VadScores(fast=False, prob=0.85)  # Silero very sure, webrtcvad missed it
+WEAK = VadScores(fast=True, prob=0.55)  # both agree, barely
+DIP = VadScores(fast=True, prob=0.4)  # below threshold, above the negative threshold
+NOISE = VadScores(fast=True, prob=0.1)  # webrtcvad fooled by noise, Silero not
+QUIET = VadScores(fast=False, prob=0.02)
+
+
+def feed(ep: Endpointer, seq: list[VadScores]) -> list[tuple[int, EndpointEvent]]:
+    """Events with the index of the hop that produced them."""
+    out: list[tuple[int, EndpointEvent]] = []
+    for scores in seq:
+        hop = ep.position_ms // HOP
+        out += [(hop, e) for e in ep.process(scores)]
+    return out
+
+
+def test_silence_gives_nothing() -> None:
+    ep = Endpointer()
+    assert feed(ep, [QUIET] * 200) == []
+    assert ep.position_ms == 200 * HOP
+    assert not ep.in_speech
+
+
+def test_one_noisy_hop_never_starts_speech() -> None:
+    ep = Endpointer()
+    assert feed(ep, [QUIET] * 5 + [VOICE] + [QUIET] * 5 + [VOICE] + [QUIET] * 5) == []
+
+
+def test_fast_only_hops_never_start_speech() -> None:
+    ep = Endpointer()
+    assert feed(ep, [NOISE] * 100 + [VadScores(fast=True, prob=0.49)] * 100) == []
+
+
+def test_onset_after_two_voiced_hops() -> None:
+    ep = Endpointer()
+    events = feed(ep, [QUIET] * 10 + [VOICE, VOICE] + [VOICE] * 5)
+    assert events == [(11, SpeechStarted(audio_start_ms=10 * HOP))]
+    assert ep.in_speech
+
+
+def test_onset_two_of_three_reports_the_first_voiced_hop() -> None:
+    ep = Endpointer()
+    events = feed(ep, [QUIET] * 4 + [WEAK, QUIET, SURE])
+    assert events == [(6, SpeechStarted(audio_start_ms=4 * HOP))]
+
+
+def test_voiced_hops_too_far_apart_do_not_start() -> None:
+    ep = Endpointer()
+    assert feed(ep, [VOICE, QUIET, QUIET] * 20) == []
+
+
+def test_short_dips_between_thresholds_keep_speech() -> None:
+    ep = Endpointer()
+    seq = [VOICE] * 5 + ([DIP] * 30 + [VOICE] * 2) * 3  # ~1 s dips, never below 0.35
+    events = feed(ep, seq)
+    assert events == [(1, SpeechStarted(audio_start_ms=0))]
+    assert ep.in_speech
+
+
+def test_pause_resume_and_stop() -> None:
+    ep = Endpointer()  # speculate after 200 ms, stop after 500 ms
+    events = feed(ep, [VOICE] * 10 + [QUIET] * 8 + [VOICE] * 3 + [QUIET] * 20)
+    assert events == [
+        (1, SpeechStarted(audio_start_ms=0)),
+        # 7 silent hops (10..16) = 224 ms >= 200 ms; speech ended with hop 9.
+        (16, PauseStarted(audio_end_ms=10 * HOP)),
+        (18, SpeechResumed()),
+        (27, PauseStarted(audio_end_ms=21 * HOP)),
+        # 16 silent hops (21..36) = 512 ms >= 500 ms.
+        (36, SpeechStopped(audio_end_ms=21 * HOP)),
+    ]
+    assert not ep.in_speech
+
+
+def test_silence_timer_starts_below_negative_threshold_only() -> None:
+    ep = Endpointer()
+    # DIP hops after the speech do not start the timer; it starts at the first QUIET hop,
+    # but audio_end_ms is still the end of the last *voiced* hop.
+    events = feed(ep, [VOICE] * 3 + [DIP] * 10 + [QUIET] * 16)
+    assert events[-1] == (28, SpeechStopped(audio_end_ms=3 * HOP))
+    # Once running, in-between hops count as silence (as in Silero's VADIterator).
+    ep = Endpointer()
+    events = feed(ep, [VOICE] * 3 + [QUIET] + [DIP] * 15)
+    assert events[-1] == (18, SpeechStopped(audio_end_ms=3 * HOP))
+
+
+def test_speech_can_start_again_after_stop() -> None:
+    ep = Endpointer()
+    events = feed(ep, [VOICE] * 3 + [QUIET] * 16 + [QUIET] * 5 + [VOICE] * 2)
+    assert [type(e) for _, e in events] == [SpeechStarted, PauseStarted, SpeechStopped, SpeechStarted]
+    assert events[-1] == (25, SpeechStarted(audio_start_ms=24 * HOP))
+
+
+def test_speculation_can_be_disabled() -> None:
+    ep = Endpointer(EndpointConfig(speculate_after_ms=0))
+    events = feed(ep, [VOICE] * 3 + [QUIET] * 16)
+    assert [type(e) for _, e in events] == [SpeechStarted, SpeechStopped]
+
+
+def test_min_speech_ms_debounces_onset() -> None:
+    ep = Endpointer(EndpointConfig(min_speech_ms=150))
+    assert feed(ep, [VOICE] * 3 + [QUIET] * 10) == []  # a 96 ms cough
+    events = feed(ep, [VOICE] * 6)
+    assert events == [(17, SpeechStarted(audio_start_ms=13 * HOP))]  # 5 hops = 160 ms
+
+
+def test_update_applies_from_next_hop() -> None:
+    ep = Endpointer()
+    assert feed(ep, [WEAK] * 3) != []
+    ep.update(EndpointConfig(threshold=0.7, silence_duration_ms=200, speculate_after_ms=0))
+    # 0.5 was "in between" at threshold 0.5 but is silence below the new 0.55; 7 hops = 224 ms.
+    events = feed(ep, [VadScores(fast=True, prob=0.5)] * 7)
+    assert events == [(9, SpeechStopped(audio_end_ms=3 * HOP))]
+    assert feed(ep, [WEAK] * 10) == []  # 0.55 no longer starts speech at threshold 0.7
+
+
+def test_reset_drops_speech_but_keeps_the_clock() -> None:
+    ep = Endpointer()
+    feed(ep, [VOICE] * 5)
+    ep.reset()
+    assert not ep.in_speech
+    assert ep.position_ms == 5 * HOP
+    assert feed(ep, [QUIET] * 20) == []
+    assert feed(ep, [VOICE] * 2) == [(26, SpeechStarted(audio_start_ms=25 * HOP))]
+
+
+def test_fractional_hop_length() -> None:
+    ep = Endpointer(hop_ms=30.0)
+    events = [e for s in [QUIET, VOICE, VOICE] for e in ep.process(s)]
+    assert events == [SpeechStarted(audio_start_ms=30)]
+    assert ep.position_ms == 90
+    ep = Endpointer(hop_ms=10.0)
+    events = [e for s in [VOICE] * 2 + [QUIET] * 50 for e in ep.process(s)]
+    assert events == [SpeechStarted(0), PauseStarted(20), SpeechStopped(20)]
+
+
+def test_thresholds() -> None:
+    assert EndpointConfig().negative_threshold == pytest.approx(0.35)
+    assert EndpointConfig(threshold=0.1).negative_threshold == pytest.approx(0.01)
+    assert EndpointConfig().confident_threshold == pytest.approx(0.8)
+    assert EndpointConfig(threshold=0.7).confident_threshold == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"threshold": 0.0},
+        {"threshold": 1.0},
+        {"silence_duration_ms": 0},
+        {"speculate_after_ms": -1},
+        {"onset_hops": 4},
+        {"onset_hops": 0},
+    ],
+)
+def test_bad_config(changes: dict[str, Any]) -> None:
+    with pytest.raises(EndpointConfigError) as info:
+        dataclasses.replace(EndpointConfig(), **changes)
+    assert isinstance(info.value, VoicebotError)
+
+
+def test_deterministic() -> None:
+    import random
+
+    rng = random.Random(7)
+    seq = [VadScores(fast=rng.random() < 0.5, prob=rng.random()) for _ in range(2000)]
+    a, b = Endpointer(), Endpointer()
+    assert feed(a, seq) == feed(b, seq)

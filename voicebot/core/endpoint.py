@@ -1,0 +1,196 @@
+"""VAD hop scores -> speech started / pause / resumed / stopped events (sans-I/O, no clocks).
+
+The session feeds one :class:`~voicebot.engines.base.VadScores` per 32 ms hop of 16 kHz
+input and acts on the events; every time is "ms of input audio since the session's audio
+start" (hop index x hop length), so the result depends only on the audio, never on timing.
+
+Why two detectors: webrtcvad (``fast``) answers instantly but says "voice" to keyboard
+clicks, fans and the bot's own echo; Silero (``prob``) is robust but must not be trusted on
+one hop. A hop is *voiced* when both agree, or when Silero alone is very sure; speech starts
+only after ``onset_hops`` voiced hops within ``onset_window`` hops, so a click never barges in.
+
+Ending uses Silero's hysteresis (as in its own VADIterator): in speech, only a hop below
+``negative_threshold`` starts the silence timer, in-between hops neither start nor stop it,
+and a voiced hop cancels it. Half way, a :class:`PauseStarted` lets the session transcribe
+speculatively, so the ASR runs during the end-of-turn silence instead of after it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from voicebot.engines.base import VadScores
+from voicebot.errors import VoicebotError
+
+
+class EndpointConfigError(VoicebotError, ValueError):
+    """Turn-detection settings out of range (e.g. a bad ``session.update``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """Turn-detection settings; the first three mirror the Realtime API's ``server_vad``."""
+
+    threshold: float = 0.5  # Silero probability for "voiced"
+    prefix_padding_ms: int = 300  # audio kept before the onset; used by the session, not here
+    silence_duration_ms: int = 500  # trailing silence that ends the turn
+    speculate_after_ms: int = 200  # trailing silence that triggers PauseStarted; 0 = never
+    onset_hops: int = 2  # voiced hops needed ...
+    onset_window: int = 3  # ... within this many consecutive hops to start speech
+    # Extra onset debounce: the voiced run must span this long before SpeechStarted. 0 by
+    # default because every hop of delay is barge-in latency; raise it on noisy phone lines.
+    min_speech_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise EndpointConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
+        for name in ("prefix_padding_ms", "silence_duration_ms", "speculate_after_ms", "min_speech_ms"):
+            if getattr(self, name) < 0:
+                raise EndpointConfigError(f"{name} must not be negative")
+        if self.silence_duration_ms == 0:
+            raise EndpointConfigError("silence_duration_ms must be positive")
+        if not 1 <= self.onset_hops <= self.onset_window:
+            raise EndpointConfigError("need 1 <= onset_hops <= onset_window")
+
+    @property
+    def negative_threshold(self) -> float:
+        """Below this, a hop in speech counts as silence (hysteresis, as in Silero's VADIterator)."""
+        return max(self.threshold - 0.15, 0.01)
+
+    @property
+    def confident_threshold(self) -> float:
+        """At or above this, Silero alone makes a hop voiced, whatever webrtcvad says."""
+        return max(self.threshold + 0.25, 0.8)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Confirmed onset; ``audio_start_ms`` is the start of the run's first voiced hop."""
+
+    audio_start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseStarted:
+    """Trailing silence reached ``speculate_after_ms``: transcribe up to ``audio_end_ms`` now."""
+
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """Voice came back after a PauseStarted: the speculative transcription is void."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """End of the turn; ``audio_end_ms`` is the end of the last voiced hop."""
+
+    audio_end_ms: int
+
+
+EndpointEvent = SpeechStarted | PauseStarted | SpeechResumed | SpeechStopped
+
+
+class Endpointer:
+    """Feed :meth:`process` one VadScores per hop, in order; act on the events it returns."""
+
+    def __init__(self, config: EndpointConfig | None = None, hop_ms: float = 32.0) -> None:
+        if hop_ms <= 0:
+            raise EndpointConfigError(f"hop_ms must be positive, got {hop_ms}")
+        self.config = config or EndpointConfig()
+        self.hop_ms = hop_ms
+        self._hops = 0  # hops processed so far = index of the next hop
+        self._window: deque[int] = deque()  # indexes of recent voiced hops, before onset
+        self._run_start: int | None = None  # first voiced hop of a pending (debounced) onset
+        self._in_speech = False
+        self._last_voiced = 0  # index of the last voiced hop, in speech
+        self._silence_start: int | None = None  # first silent hop after it, if any
+        self._paused = False  # PauseStarted sent, neither resumed nor stopped yet
+
+    @property
+    def position_ms(self) -> int:
+        """Audio processed so far: the end of the last hop."""
+        return self._ms(self._hops)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._in_speech
+
+    def update(self, config: EndpointConfig) -> None:
+        """New settings (``session.update``), effective from the next hop; speech state is kept."""
+        self.config = config
+
+    def reset(self) -> None:
+        """Forget any speech in progress (e.g. ``input_audio_buffer.clear``); the clock runs on."""
+        self._window.clear()
+        self._run_start = None
+        self._in_speech = False
+        self._silence_start = None
+        self._paused = False
+
+    def process(self, scores: VadScores) -> list[EndpointEvent]:
+        """Take the next hop's scores; return the events it caused (usually none)."""
+        hop = self._hops
+        self._hops += 1
+        cfg = self.config
+        voiced = (scores.prob >= cfg.threshold and scores.fast) or scores.prob >= cfg.confident_threshold
+        if not self._in_speech:
+            return self._listen(hop, voiced)
+        return self._speak(hop, voiced, scores.prob < cfg.negative_threshold)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _ms(self, hops: int) -> int:
+        return round(hops * self.hop_ms)
+
+    def _listen(self, hop: int, voiced: bool) -> list[EndpointEvent]:
+        cfg = self.config
+        if voiced:
+            self._window.append(hop)
+        while self._window and self._window[0] <= hop - cfg.onset_window:
+            self._window.popleft()
+        if not self._window:
+            self._run_start = None
+            return []
+        if len(self._window) < cfg.onset_hops:
+            return []
+        if self._run_start is None:
+            self._run_start = self._window[0]
+        if self._ms(hop + 1) - self._ms(self._run_start) < cfg.min_speech_ms:
+            return []
+        start, last = self._run_start, self._window[-1]
+        self._window.clear()
+        self._run_start = None
+        self._in_speech = True
+        self._last_voiced = last
+        self._silence_start = None
+        self._paused = False
+        return [SpeechStarted(audio_start_ms=self._ms(start))]
+
+    def _speak(self, hop: int, voiced: bool, silent: bool) -> list[EndpointEvent]:
+        cfg = self.config
+        if voiced:
+            self._last_voiced = hop
+            self._silence_start = None
+            if self._paused:
+                self._paused = False
+                return [SpeechResumed()]
+            return []
+        if silent and self._silence_start is None:
+            self._silence_start = hop
+        if self._silence_start is None:
+            return []  # between the thresholds with no silence yet: still speaking
+        silence_ms = self._ms(hop + 1) - self._ms(self._silence_start)
+        end_ms = self._ms(self._last_voiced + 1)
+        if silence_ms >= cfg.silence_duration_ms:
+            self._in_speech = False
+            self._silence_start = None
+            self._paused = False
+            return [SpeechStopped(audio_end_ms=end_ms)]
+        speculate = 0 < cfg.speculate_after_ms < cfg.silence_duration_ms
+        if speculate and not self._paused and silence_ms >= cfg.speculate_after_ms:
+            self._paused = True
+            return [PauseStarted(audio_end_ms=end_ms)]
+        return []
