@@ -1,0 +1,157 @@
+"""The embedded LLM: llama.cpp through xllamacpp (binary wheel), one model shared by all sessions.
+
+Why xllamacpp (measurements in docs/engines.md): it installs in seconds as a wheel, its server
+core gives ``n_parallel`` slots (several sessions generate at once without a Python lock),
+per-slot prompt caching (system prompt + history stay in the KV cache between turns, and the
+slot whose cached prompt matches best is reused) and stop-on-callback: returning True from the
+chunk callback ends generation immediately.
+
+Its embedded HTTP listener cannot be switched off; it binds to 127.0.0.1 only, on a random
+port, and we give it a random API key so no other local process can use it. We call the
+request handler directly, which skips the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# llama.cpp's OpenMP workers spin-wait by default; when ASR/TTS hold a core that spinning makes
+# 2-thread decode collapse (measured 27 -> 10 tok/s). PASSIVE makes them sleep. It only takes
+# effect if no OpenMP runtime was initialised yet, so ``voicebot.__main__`` should set it too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import xllamacpp
+
+from voicebot.engines.base import ChatMessage
+from voicebot.engines.threadstream import thread_stream
+from voicebot.errors import EngineError, ModelError
+
+log = logging.getLogger(__name__)
+
+WARM_UP_USER_TEXT = "Hello."
+
+
+class LlamaCppModel:
+    """Implements :class:`voicebot.engines.base.LanguageModel` on an in-process llama.cpp server."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int = 2,
+        context: int = 4096,
+        parallel: int = 2,
+        name: str = "qwen2.5-coder-1.5b-instruct",
+        sampling: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``sampling``: extra llama-server request fields for every generation (``top_k``,
+        ``repeat_penalty``, ``ignore_eos``...)."""
+        if not model_path.is_file():
+            raise ModelError(f"LLM model file not found: {model_path}")
+        self.name = name
+        self.parallel = max(1, parallel)
+        self._sampling = dict(sampling or {})
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path)
+        params.n_ctx = context * self.parallel  # the server splits n_ctx evenly across slots
+        params.n_parallel = self.parallel
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.hostnames = ["127.0.0.1"]
+        self._api_key = secrets.token_hex(16)
+        params.api_keys = [self._api_key]
+        params.n_threads_http = 1
+        params.cache_prompt = True
+        params.endpoint_metrics = True  # for metrics(); the HTTP route is key-protected anyway
+        params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else 3
+        params.warmup = True
+        try:
+            self._server: Any = xllamacpp.Server(params)
+        except Exception as exc:
+            raise ModelError(f"llama.cpp could not load {model_path}: {exc}") from exc
+        self._closed = threading.Event()
+
+    @property
+    def listening_address(self) -> str:
+        """The unavoidable loopback HTTP listener (protected by a random key)."""
+        return str(self._server.listening_address)
+
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        request = self._request(messages, max_tokens, temperature)
+        return thread_stream(lambda emit, stop: self._generate(request, emit, stop))
+
+    def _request(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float) -> dict[str, Any]:
+        return {
+            **self._sampling,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "cache_prompt": True,
+        }
+
+    def _generate(self, request: dict[str, Any], emit: Callable[[str], None], stop: threading.Event) -> None:
+        """Blocking; runs in the stream's own thread. Returns after the server released the slot."""
+        if self._closed.is_set():
+            raise EngineError("the embedded LLM is closed")
+        errors: list[str] = []
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:
+            # Called from C++ once per token; it must not raise. True = stop generating now.
+            error = chunk.get("error")
+            if error:
+                errors.append(str(error.get("message", error)) if isinstance(error, dict) else str(error))
+                return True
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    emit(piece)
+            return stop.is_set()
+
+        self._server.handle_chat_completions(request, on_chunk)
+        if errors:
+            raise EngineError(f"embedded LLM error: {errors[0]}")
+
+    def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float = 0.0) -> str:
+        """Blocking, whole-reply generation (warm-up, benchmarks, tools)."""
+        pieces: list[str] = []
+        self._generate(self._request(messages, max_tokens, temperature), pieces.append, threading.Event())
+        return "".join(pieces)
+
+    def warm_up(self, system_prompt: str) -> float:
+        """A 1-token reply to the default system prompt, so its KV cache is ready for the first user.
+
+        Returns the seconds it took (the cold prompt evaluation the first user no longer pays).
+        """
+        start = time.perf_counter()
+        self.complete(
+            [ChatMessage("system", system_prompt), ChatMessage("user", WARM_UP_USER_TEXT)], max_tokens=1
+        )
+        return time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        """llama.cpp's counters (``tokens_predicted_total``, ``requests_processing``, ...).
+
+        Lets tests and health checks see that a cancelled generation really stopped.
+        """
+        text = self._server.handle_metrics()
+        values: dict[str, float] = {}
+        for line in str(text).splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name.removeprefix("llamacpp:")] = float(value)
+        return values
+
+    def close(self) -> None:
+        """Free the model (and its listener); streams started afterwards fail with EngineError."""
+        self._closed.set()
+        self._server = None

@@ -1,0 +1,68 @@
+"""A remote LLM behind any OpenAI-compatible chat endpoint (llama-server, vLLM, Ollama, OpenAI).
+
+Streaming over HTTP: closing our iterator closes the response stream, which is how such
+servers learn to stop generating (they abort the request when the client disconnects).
+Client errors become :class:`~voicebot.errors.EngineError` with a message naming the endpoint,
+so the session can report a protocol ``error`` event instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from voicebot.engines.base import ChatMessage
+from voicebot.errors import EngineError
+
+
+class OpenAIChatModel:
+    """Implements :class:`voicebot.engines.base.LanguageModel` with the official AsyncOpenAI client."""
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", *, timeout: float = 30.0) -> None:
+        self.base_url = base_url
+        self.name = model or "default"
+        self._model = model or "default"
+        # The client requires a key; local servers ignore it.
+        self._client = AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=1
+        )
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            response = await self._client.chat.completions.create(
+                model=self._model,
+                messages=payload,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            )
+        except openai.OpenAIError as exc:
+            raise EngineError(self._describe(exc)) from exc
+        try:
+            async for chunk in response:
+                for choice in chunk.choices:
+                    piece = choice.delta.content if choice.delta else None
+                    if piece:
+                        yield piece
+        except openai.OpenAIError as exc:
+            raise EngineError(self._describe(exc)) from exc
+        finally:
+            await response.close()  # drops the HTTP stream: the server stops generating
+
+    def _describe(self, exc: openai.OpenAIError) -> str:
+        if isinstance(exc, openai.APIStatusError):
+            return f"LLM endpoint {self.base_url} answered HTTP {exc.status_code}: {exc.message}"
+        if isinstance(exc, openai.APITimeoutError):
+            return f"LLM endpoint {self.base_url} timed out"
+        if isinstance(exc, openai.APIConnectionError):
+            return f"cannot reach LLM endpoint {self.base_url}: {exc}"
+        return f"LLM endpoint {self.base_url} failed: {exc}"
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,87 @@
+"""Build the process-wide :class:`~voicebot.engines.base.Engines` from Settings.
+
+Called once by the server's lifespan. Each load is timed and logged, because start-up time is
+what an operator notices first; the embedded LLM is warmed up (system prompt evaluated into its
+KV cache) so the first caller does not pay for it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from voicebot.config import Settings
+from voicebot.engines.base import Engines, LanguageModel
+from voicebot.models import Progress, default_cache_dir, llm_model_path, piper_voice_path, whisper_model_dir
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _timed(what: str, make: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    value = make()
+    log.info("loaded %s in %.2f s", what, time.perf_counter() - start)
+    return value
+
+
+def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageModel:
+    """Remote when ``llm_base_url`` is set, else the embedded llama.cpp model (warmed up)."""
+    if settings.llm_base_url:
+        from voicebot.engines.llm_openai import OpenAIChatModel
+
+        return OpenAIChatModel(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
+    from voicebot.engines.llm_llamacpp import LlamaCppModel
+
+    cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
+    path = _timed("LLM file check", lambda: llm_model_path(cache, progress))
+    model = _timed(
+        "LLM (llama.cpp)",
+        lambda: LlamaCppModel(
+            path, threads=settings.llm_threads, context=settings.llm_context, parallel=settings.llm_parallel
+        ),
+    )
+    seconds = model.warm_up(settings.instructions)
+    log.info("LLM warm-up (system prompt cached) in %.2f s", seconds)
+    return model
+
+
+def load_engines(settings: Settings, progress: Progress | None = None) -> Engines:
+    """Load VAD, ASR, LLM and TTS; raises ModelError with a fix when a model is missing."""
+    from voicebot.engines.asr_whisper import WhisperRecognizer
+    from voicebot.engines.tts_piper import PiperSynthesizer
+    from voicebot.engines.vad import make_vad_factory
+
+    cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
+    vad = _timed("VAD (webrtcvad + silero v6)", make_vad_factory)
+    asr = _timed(
+        f"ASR (whisper {settings.asr_model})",
+        lambda: WhisperRecognizer(
+            whisper_model_dir(settings.asr_model, cache, progress),
+            name=settings.asr_model,
+            workers=settings.asr_workers,
+        ),
+    )
+    tts = _timed(
+        "TTS (piper joe-medium)", lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed)
+    )
+    llm = load_llm(settings, progress)
+    return Engines(vad=vad, asr=asr, llm=llm, tts=tts)
+
+
+async def close_engines(engines: Engines) -> None:
+    """Release what needs releasing (HTTP clients, the llama.cpp server); safe to call twice."""
+    for engine in (engines.llm, engines.asr, engines.tts):
+        aclose = getattr(engine, "aclose", None)
+        if aclose is not None:
+            result = aclose()
+            if inspect.isawaitable(result):
+                await result
+            continue
+        close = getattr(engine, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,58 @@
+"""Embedded text-to-speech with piper (VITS on onnxruntime, espeak-ng phonemes).
+
+piper normalises every sentence to peak 1.0, so we scale to 0.9 to leave headroom for the
+resampler's overshoot, then clip before int16. ``length_scale`` = 1 / speed.
+
+Thread safety: onnxruntime's ``run`` is thread-safe, but piper's espeak-ng phonemizer is a
+process-global C library, so phonemization is serialised under a lock (it takes well under
+a millisecond per sentence) while the expensive acoustic model runs in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from piper import PiperVoice, SynthesisConfig
+
+from voicebot.engines.base import Int16Array
+
+HEADROOM = 0.9
+
+_phonemize_lock = threading.Lock()
+
+
+class PiperSynthesizer:
+    """Loaded once per process, shared by every session."""
+
+    def __init__(self, model_path: Path, *, speed: float = 1.0, name: str = "piper") -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.name = name
+        self._voice = PiperVoice.load(model_path)
+        self.sample_rate: int = int(self._voice.config.sample_rate)
+        length_scale = self._voice.config.length_scale / speed
+        self._config = SynthesisConfig(length_scale=length_scale, normalize_audio=False)
+
+    def synthesize(self, text: str) -> Int16Array:
+        """All sentences of ``text`` as one mono int16 array (empty for text with no speech)."""
+        text = text.strip()
+        if not text:
+            return np.zeros(0, dtype=np.int16)
+        with _phonemize_lock:
+            sentences = self._voice.phonemize(text)
+        pieces = [self._sentence(phonemes) for phonemes in sentences if phonemes]
+        if not pieces:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate(pieces)
+
+    def _sentence(self, phonemes: list[str]) -> Int16Array:
+        ids = self._voice.phonemes_to_ids(phonemes)
+        audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, self._config), dtype=np.float32).reshape(-1)
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        if peak < 1e-8:
+            return np.zeros(audio.shape[0], dtype=np.int16)
+        scaled = np.clip(audio * (HEADROOM / peak), -1.0, 1.0)
+        pcm: Int16Array = (scaled * 32767.0).astype(np.int16)
+        return pcm
