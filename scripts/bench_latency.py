@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -83,6 +84,8 @@ async def one_turn(conn: Any, rec: Recorder, mic: Microphone, samples: np.ndarra
         print(f"  turn skipped: status={done['response']['status']}", file=sys.stderr)
         return
     results["voice_to_voice"].append((deltas[0] - speech_end) * 1000)
+    heard = asr[n_asr][1]["transcript"] if len(asr) > n_asr else "?"
+    print(f"  voice-to-voice {(deltas[0] - speech_end) * 1000:.0f} ms; heard {heard!r}", flush=True)
     results["endpointing"].append((stops[n_stop][0] - speech_end) * 1000)
     if len(asr) > n_asr:
         results["asr"].append((asr[n_asr][0] - stops[n_stop][0]) * 1000)
@@ -98,7 +101,6 @@ async def one_turn(conn: Any, rec: Recorder, mic: Microphone, samples: np.ndarra
 async def one_barge_in(conn: Any, rec: Recorder, mic: Microphone, question: np.ndarray,
                        interruption: np.ndarray, results: dict[str, list[float]]) -> None:
     n_created = len(rec.of("response.created"))
-    n_started = len(rec.of("input_audio_buffer.speech_started"))
     await mic.say(to_pcm24k(question))
     await rec.wait(lambda: len(rec.of("response.created")) > n_created, timeout=120)
     rid = rec.of("response.created")[n_created]["response"]["id"]
@@ -108,6 +110,7 @@ async def one_barge_in(conn: Any, rec: Recorder, mic: Microphone, question: np.n
         print("  barge-in skipped: reply finished too early", file=sys.stderr)
         return
     onset_ms, _ = speech_bounds_ms(interruption)
+    n_started = len(rec.of("input_audio_buffer.speech_started"))
     sent_at = await mic.say(to_pcm24k(interruption))
     onset = sent_at + onset_ms / 1000
     await rec.wait(lambda: any(e["response"]["id"] == rid for e in rec.of("response.done")), timeout=30)
@@ -140,6 +143,7 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--barge-ins", type=int, default=6)
     parser.add_argument("--server-arg", action="append", default=[], help="Extra `voicebot serve` flag")
+    parser.add_argument("--dump", type=Path, help="Write every event with its arrival time (JSON lines)")
     args = parser.parse_args()
 
     server = None
@@ -175,6 +179,11 @@ async def main() -> None:
             sender.cancel()
             receiver.cancel()
             await asyncio.gather(sender, receiver, return_exceptions=True)
+            if args.dump:
+                with args.dump.open("w") as out:
+                    for t, e in rec.events:
+                        e = {k: v for k, v in e.items() if k != "delta" or e["type"] != "response.output_audio.delta"}
+                        out.write(json.dumps({"t": round(t, 4), **e}) + "\n")
     finally:
         if server is not None:
             print(f"server RSS after the run: {rss_mb(server.process.pid):.0f} MB", flush=True)

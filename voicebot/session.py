@@ -89,6 +89,7 @@ class _Reply:
     instructions: str
     task: asyncio.Task[None] | None = None
     item_started: bool = False
+    finished: bool = False  # response.done has been emitted (exactly once)
     cut_at: float = field(default_factory=time.monotonic)
     cancel_reason: str = "client_cancelled"
 
@@ -114,6 +115,8 @@ class Session:
         conversation: Conversation | None = None,
         model: str = "voicebot",
         output_lead_ms: float | None = None,
+        input_format: AudioFormat | None = None,
+        output_format: AudioFormat | None = None,
     ) -> None:
         self.id = ev.new_id("sess")
         self.engines = engines
@@ -122,6 +125,11 @@ class Session:
         self.model = model
         self.conversation = conversation or Conversation(ev.new_id("conv"))
         self.config = SessionConfig(instructions=self.conversation.instructions or settings.instructions)
+        # Transports with a fixed media format (WebRTC tracks, telephony) start the session in it.
+        if input_format is not None:
+            self.config = replace(self.config, input_format=input_format)
+        if output_format is not None:
+            self.config = replace(self.config, output_format=output_format)
         self.output_lead_ms = settings.output_lead_ms if output_lead_ms is None else output_lead_ms
         self.turns = TurnTracker()
         self._input = InputAudio(self.config.input_format)
@@ -141,6 +149,9 @@ class Session:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def emit(self, event: ev.ServerEvent) -> None:
+        # Other transports sharing this conversation (SSE) see every event, including the final
+        # response.done of a reply that close() cancelled, so their view never dangles.
+        self.conversation.publish(event)
         if not self._closed:
             self._emit(event)
 
@@ -591,6 +602,9 @@ class Session:
             self._finish_reply(reply, status, details)
 
     def _finish_reply(self, reply: _Reply, status: str, details: dict[str, Any] | None) -> None:
+        if reply.finished:
+            return
+        reply.finished = True
         pipeline = reply.pipeline
         item = pipeline.item
         if self._reply is reply:
@@ -627,18 +641,19 @@ class Session:
         self.emit(ev.server_event("response.done", response=wire))
 
     def _interrupt(self, reason: str = "turn_detected") -> None:
-        """Barge-in / response.cancel: stop the reply now; its task emits response.done(cancelled).
+        """Barge-in / response.cancel: the reply ends *now*, in this very step.
 
-        The reply is detached at once, so a ``response.create`` right after a cancel is accepted
-        even before the cancelled task has run its cleanup.
+        ``response.done`` (cancelled) is emitted before returning and the task is cancelled in the
+        same step, so no audio can follow, and the client never waits for engine cleanup (an LLM
+        still evaluating a long prompt only notices its stop flag at the next token). The task
+        keeps ownership of that cleanup and the session's ``close()`` still awaits it.
         """
         reply = self._reply
         if reply is None:
             return
-        self._reply = None
-        self.turns.reply_ended()
         reply.cut_at = time.monotonic()
         reply.cancel_reason = reason
         if reply.task is not None:
             reply.task.cancel()
+        self._finish_reply(reply, "cancelled", {"type": "cancelled", "reason": reason})
 

@@ -47,9 +47,12 @@ class SlowLlm:
     name = "slow"
 
     def __init__(self, reply: str = "Sure, I can help with that. Here is a second sentence for you. "
-                 "And a third one to keep talking for a while.", delay: float = 0.01) -> None:
+                 "And a third one to keep talking for a while.", delay: float = 0.01,
+                 first_delay: float = 0.0, cleanup_s: float = 0.0) -> None:
         self.reply = reply
         self.delay = delay
+        self.first_delay = first_delay  # a long prompt evaluation before the first token
+        self.cleanup_s = cleanup_s  # how long stopping takes (a C++ loop noticing its stop flag)
         self.requests: list[list[ChatMessage]] = []
         self.active = 0
         self.closed = 0
@@ -59,10 +62,13 @@ class SlowLlm:
         self.requests.append(list(messages))
         self.active += 1
         try:
+            await asyncio.sleep(self.first_delay)
             for i, word in enumerate(self.reply.split(" ")[:max_tokens]):
                 await asyncio.sleep(self.delay)
                 yield word if i == 0 else " " + word
         finally:
+            if self.cleanup_s:
+                await asyncio.shield(asyncio.sleep(self.cleanup_s))
             self.active -= 1
             self.closed += 1
 

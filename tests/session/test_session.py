@@ -149,6 +149,26 @@ async def test_barge_in_cancels_reply_stops_audio_and_truncates_history() -> Non
     assert h.session.active_tasks == 0
 
 
+async def test_barge_in_while_thinking_ends_the_response_at_once() -> None:
+    """Even when the LLM needs seconds to notice its stop flag, the client hears about it now."""
+    h = Harness(llm=SlowLlm(first_delay=5.0, cleanup_s=1.0))
+    try:
+        await h.speak(tone(700) + silence(900))
+        await h.wait_for("response.created")
+        await h.speak(tone(400))
+        await h.wait_for("input_audio_buffer.speech_started", 2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        done = await h.wait_for("response.done", timeout=2)
+        assert loop.time() - t0 < 0.2
+        assert done["response"]["status"] == "cancelled"
+        assert len(h.of("response.done")) == 1, "exactly one response.done per response"
+    finally:
+        await h.session.close()
+    assert h.session.active_tasks == 0 and h.llm.active == 0
+    assert len(h.of("response.done")) == 1
+
+
 async def test_client_truncate_cuts_to_what_was_played(h: Harness) -> None:
     await h.speak(tone(700) + silence(900))
     await h.wait_for("response.done")

@@ -20,6 +20,7 @@ ContentType = Literal["input_text", "input_audio", "output_text", "output_audio"
 Status = Literal["completed", "incomplete", "in_progress"]
 ChangeKind = Literal["added", "updated", "deleted", "truncated"]
 Listener = Callable[[ChangeKind, "Item"], None]
+EventListener = Callable[[dict[str, Any]], None]
 
 
 @dataclass(slots=True)
@@ -103,6 +104,7 @@ class Conversation:
         self.instructions = instructions
         self._items: list[Item] = []
         self._listeners: list[Listener] = []
+        self._event_listeners: list[EventListener] = []
 
     # --- observation ---------------------------------------------------------------------------
 
@@ -113,6 +115,15 @@ class Conversation:
     def notify(self, kind: ChangeKind, item: Item) -> None:
         for listener in list(self._listeners):
             listener(kind, item)
+
+    def subscribe_events(self, listener: EventListener) -> Callable[[], None]:
+        """See every server event of every session on this conversation (the SSE hub's feed)."""
+        self._event_listeners.append(listener)
+        return lambda: self._event_listeners.remove(listener) if listener in self._event_listeners else None
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for listener in self._event_listeners:
+            listener(event)
 
     # --- access --------------------------------------------------------------------------------
 
