@@ -19,26 +19,34 @@ TOKEN_PREFIX = "ek_"
 
 @dataclass
 class ClientTokens:
-    """Ephemeral tokens (``ek_…``): random, stored with an expiry, valid until then."""
+    """Ephemeral tokens (``ek_…``): random, stored with an expiry, valid until then.
+
+    A token may carry a ``scope`` (e.g. ``conversation:<id>`` for an EventSource URL): a scoped
+    token is accepted only where that scope is asked for, so a token that leaks from a URL into a
+    proxy log can read one conversation's events and nothing else. Unscoped tokens work anywhere.
+    """
 
     ttl_s: float = 600.0
-    _tokens: dict[str, float] = field(default_factory=dict)
+    _tokens: dict[str, tuple[float, str | None]] = field(default_factory=dict)
 
-    def mint(self, ttl_s: float | None = None, now: float | None = None) -> tuple[str, float]:
+    def mint(self, ttl_s: float | None = None, now: float | None = None,
+             scope: str | None = None) -> tuple[str, float]:
         now = time.time() if now is None else now
         self._expire(now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         expires_at = now + (self.ttl_s if ttl_s is None else ttl_s)
-        self._tokens[token] = expires_at
+        self._tokens[token] = (expires_at, scope)
         return token, expires_at
 
-    def valid(self, token: str, now: float | None = None) -> bool:
+    def valid(self, token: str, now: float | None = None, scope: str | None = None) -> bool:
         now = time.time() if now is None else now
-        expires = self._tokens.get(token)
-        return expires is not None and expires > now
+        entry = self._tokens.get(token)
+        if entry is None or entry[0] <= now:
+            return False
+        return entry[1] is None or entry[1] == scope
 
     def _expire(self, now: float) -> None:
-        for token in [t for t, exp in self._tokens.items() if exp <= now]:
+        for token in [t for t, (exp, _) in self._tokens.items() if exp <= now]:
             del self._tokens[token]
 
 

@@ -50,6 +50,14 @@ class Settings:
         default=15 * 1024 * 1024, metadata=_meta("Largest client WebSocket message accepted (bytes).")
     )
     web_dir: str = field(default="", metadata=_meta("Directory of the demo page (default: the bundled web/)."))
+    demo_page_tokens: bool = field(
+        default=False,
+        metadata=_meta(
+            "Let the demo page get short-lived client tokens from POST /v1/demo/client_secret without an "
+            "API key (same-origin browsers only). Only matters when API keys are set: anyone who can load "
+            "the page can then talk to the server."
+        ),
+    )
     log_level: str = field(
         default="info", metadata=_meta("Logging level.", choices=("debug", "info", "warning", "error"))
     )
@@ -83,6 +91,69 @@ class Settings:
         metadata=_meta("Where assembled model files are kept (default: ~/.cache/voicebot/models)."),
     )
     tts_speed: float = field(default=1.0, metadata=_meta("Speech rate multiplier for the synthesized voice."))
+
+    # Text over SSE (docs/protocol.md "Text over SSE")
+    sse_heartbeat_s: float = field(
+        default=15.0, metadata=_meta("Seconds between SSE comment heartbeats (proxies close idle streams).")
+    )
+    sse_retry_ms: int = field(default=1000, metadata=_meta("Reconnect delay sent to EventSource clients (retry:)."))
+    sse_log_events: int = field(
+        default=4096, metadata=_meta("Events kept per conversation for Last-Event-ID resume (older -> reset event).")
+    )
+    sse_listener_queue: int = field(
+        default=4096,
+        metadata=_meta("Events queued for one slow SSE reader before its stream is ended (it resumes from the log)."),
+    )
+    sse_token_ttl_s: float = field(default=300.0, metadata=_meta("Lifetime of EventSource URL tokens (seconds)."))
+    max_text_bytes: int = field(
+        default=256 * 1024, metadata=_meta("Largest JSON body of the HTTP text API (chat completions, messages).")
+    )
+    max_conversations: int = field(default=10_000, metadata=_meta("Conversations kept in memory at once."))
+
+    # Telephony (docs/telephony.md)
+    public_url: str = field(
+        default="",
+        metadata=_meta("Public base URL callers' carriers reach this server at, e.g. https://voice.example.com "
+                       "(TwiML stream URL, Twilio signatures). Empty = the request's own URL."),
+    )
+    twilio_auth_token: str = field(
+        default="",
+        metadata=_meta("Twilio auth token: when set, X-Twilio-Signature is verified on the TwiML webhook and the "
+                       "media WebSocket, and unsigned requests get 403."),
+    )
+    dtmf_interrupts: bool = field(
+        default=True, metadata=_meta("A keypad press stops the assistant's reply (like speech does).")
+    )
+    telephony_lead_ms: int = field(
+        default=100,
+        metadata=_meta("How far ahead of real time 20 ms frames are sent to a carrier (small = exact barge-in)."),
+    )
+
+    # WebRTC (POST /v1/realtime/calls, docs/webrtc.md)
+    ice_servers: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "STUN/TURN server for WebRTC calls: 'stun:host:port' or 'turn:user:password@host:port' "
+            "(add '?transport=tcp' for TCP). Repeatable; env: comma-separated. Empty = host candidates "
+            "only (no traffic to any public server).",
+            repeat=True,
+        ),
+    )
+    webrtc_connect_timeout_s: float = field(
+        default=15.0, metadata=_meta("A WebRTC call that has not connected after this many seconds is torn down.")
+    )
+    webrtc_media_timeout_s: float = field(
+        default=10.0,
+        metadata=_meta("A connected WebRTC call whose peer sends no audio for this many seconds is torn down."),
+    )
+    webrtc_output_lead_ms: int = field(
+        default=120,
+        metadata=_meta(
+            "How far ahead of real time the reply feeds a WebRTC call's outbound track (the track plays "
+            "in real time; the browser's jitter buffer absorbs the network)."
+        ),
+    )
+    webrtc_max_calls: int = field(default=32, metadata=_meta("Concurrent WebRTC calls; more get HTTP 503."))
 
     # Output pacing
     output_lead_ms: int = field(
@@ -130,6 +201,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
         if f.metadata.get("repeat"):
             parser.add_argument(flag, action="append", default=None, help=help_text, metavar="VALUE")
+            continue
+        if isinstance(f.default, bool):  # type=bool would read "--flag false" as True
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_text} (default: {'on' if f.default else 'off'})")
             continue
         shown = repr(f.default) if isinstance(f.default, str) and len(f.default) < 60 else f.default
         if isinstance(f.default, str) and len(f.default) >= 60:

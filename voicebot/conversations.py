@@ -1,0 +1,324 @@
+"""Conversations shared across transports, and their resumable event streams (the SSE side).
+
+A :class:`SharedConversation` wraps one core :class:`~voicebot.core.conversation.Conversation`.
+Every Session on it (a voice session attached with ``/v1/realtime?conversation=ID``, or the
+headless text *responder* below) publishes its Realtime server events to the conversation; we
+keep only the conversation-level ones (user messages, assistant text, errors — never audio),
+number them, and append them to a bounded :class:`EventLog`. Listeners (SSE streams) get each
+entry through their own bounded queue; a listener that falls too far behind is ended and resumes
+from the log with ``Last-Event-ID``, so a slow reader costs memory only up to its bound.
+
+Text replies reuse the voice path exactly: the responder is a Session with
+``output_modalities=["text"]`` and no turn detection, and a posted message is
+``conversation.item.create`` + ``response.create`` on it. Nothing here generates text itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from voicebot.config import Settings
+from voicebot.core import events as ev
+from voicebot.core.conversation import Conversation, Item
+from voicebot.core.sse import EventLog, LogEntry, sse_frame
+from voicebot.engines.base import Engines
+from voicebot.errors import VoicebotError
+from voicebot.session import Session
+
+log = logging.getLogger(__name__)
+
+#: How long the responder waits for another reply on the conversation (e.g. a voice reply) to
+#: finish before starting its own. Bounded so a lost ``response.done`` cannot wedge text replies.
+MAX_WAIT_FOR_IDLE_S = 120.0
+
+
+class ConversationLimitError(VoicebotError):
+    """Too many conversations are held in memory."""
+
+
+# --- listeners --------------------------------------------------------------------------------------
+
+
+class Listener:
+    """One SSE reader: a bounded queue of entries and a wake-up event."""
+
+    __slots__ = ("closed", "limit", "overflowed", "pending", "wake")
+
+    def __init__(self, limit: int) -> None:
+        self.pending: deque[LogEntry] = deque()
+        self.wake = asyncio.Event()
+        self.limit = limit
+        self.closed = False
+        self.overflowed = False
+
+    def push(self, entry: LogEntry) -> bool:
+        if self.closed:
+            return False
+        if len(self.pending) >= self.limit:
+            # Too slow: end this stream instead of buffering without bound; the client resumes
+            # from the log with Last-Event-ID and loses nothing the log still holds.
+            self.overflowed = True
+            self.close()
+            return False
+        self.pending.append(entry)
+        self.wake.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def take(self) -> list[LogEntry]:
+        entries = list(self.pending)
+        self.pending.clear()
+        self.wake.clear()
+        return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    listener: Listener
+    backlog: list[LogEntry]
+    reset: bytes | None  # a ready ``reset`` frame when the backlog could not be replayed
+
+
+# --- Realtime events -> SSE events -----------------------------------------------------------------
+
+
+def _content(item: dict[str, Any]) -> dict[str, Any]:
+    parts = item.get("content") or [{}]
+    return parts[0] if parts else {}
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    part = _content(item)
+    return str(part.get("text") or part.get("transcript") or "")
+
+
+def item_snapshot(item: Item) -> dict[str, Any]:
+    return {"item_id": item.id, "role": item.role, "text": item.text, "status": item.status,
+            "source": "voice" if item.is_audio else "text"}
+
+
+# --- one shared conversation -----------------------------------------------------------------------
+
+
+@dataclass
+class _ReplyState:
+    """Which responses are running on the conversation (any session), for serialising text replies."""
+
+    active: set[str] = field(default_factory=set)
+    visible: dict[str, str] = field(default_factory=dict)  # response_id -> item_id, for in-history replies
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SharedConversation:
+    def __init__(self, conversation: Conversation, settings: Settings, engines: Engines) -> None:
+        self.conversation = conversation
+        self.settings = settings
+        self.engines = engines
+        self.created_at = int(time.time())
+        self.log = EventLog(settings.sse_log_events)
+        self.listeners: set[Listener] = set()
+        self._replies = _ReplyState()
+        self._responder: Session | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._want_reply = False
+        self._unsubscribe = conversation.subscribe_events(self._on_event)
+
+    @property
+    def id(self) -> str:
+        return self.conversation.id
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    def publish(self, event: str, data: dict[str, Any]) -> LogEntry:
+        entry = self.log.append(event, data)
+        for listener in list(self.listeners):
+            if not listener.push(entry):
+                self.listeners.discard(listener)
+        return entry
+
+    def _on_event(self, event: ev.ServerEvent) -> None:
+        try:
+            self._translate(event)
+        except Exception:  # a bug here must never break the session that emitted the event
+            log.exception("conversation %s: could not mirror %s", self.id, event.get("type"))
+
+    def _translate(self, event: ev.ServerEvent) -> None:
+        kind = event.get("type")
+        replies = self._replies
+        if kind == "response.output_text.delta" or kind == "response.output_audio_transcript.delta":
+            if event["response_id"] in replies.visible:
+                self.publish("assistant.delta", {"item_id": event["item_id"], "response_id": event["response_id"],
+                                                 "delta": event["delta"]})
+        elif kind == "conversation.item.added":
+            item = event["item"]
+            if item.get("role") == "user" and _content(item).get("type") == "input_text":
+                self.publish("user.message", {"item_id": item["id"], "text": _item_text(item), "source": "text"})
+        elif kind == "conversation.item.done":
+            item = event["item"]
+            text = _item_text(item)
+            if item.get("role") == "user" and _content(item).get("type") == "input_audio" and text:
+                self.publish("user.message", {"item_id": item["id"], "text": text, "source": "voice"})
+        elif kind == "response.created":
+            replies.active.add(event["response"]["id"])
+            replies.changed.set()
+        elif kind == "response.output_item.added":
+            item = event["item"]
+            if item["id"] in self.conversation:  # out-of-band replies are not part of the history
+                replies.visible[event["response_id"]] = item["id"]
+                self.publish("assistant.started", {
+                    "item_id": item["id"], "response_id": event["response_id"],
+                    "source": "voice" if _content(item).get("type") == "output_audio" else "text"})
+        elif kind == "response.done":
+            response = event["response"]
+            replies.active.discard(response["id"])
+            replies.changed.set()
+            item_id = replies.visible.pop(response["id"], None)
+            if item_id is not None:
+                output = response.get("output") or []
+                self.publish("assistant.done", {"item_id": item_id, "response_id": response["id"],
+                                                "text": _item_text(output[0]) if output else "",
+                                                "status": response.get("status")})
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            self.publish("error", {"code": "transcription_failed", "message": event["error"].get("message", ""),
+                                   "item_id": event.get("item_id")})
+        elif kind == "error":
+            err = event.get("error") or {}
+            # Client mistakes on a voice socket belong to that client; server-side failures of the
+            # conversation (engine errors) are everyone's business.
+            if err.get("type") == "server_error":
+                self.publish("error", {"code": err.get("code"), "message": err.get("message")})
+
+    # --- listening -----------------------------------------------------------------------------
+
+    def subscribe(self, last_event_id: int | None) -> Subscription:
+        """Register a listener and compute what it missed — atomically (no await in between)."""
+        listener = Listener(self.settings.sse_listener_queue)
+        backlog = self.log.since(last_event_id) if last_event_id is not None else None
+        reset = None
+        if backlog is None:
+            reason = "invalid_last_event_id" if last_event_id is None or last_event_id > self.log.last_id \
+                else "too_old"
+            reset = sse_frame("reset", {"reason": reason, "items": self.snapshot()}, self.log.last_id)
+            backlog = []
+        self.listeners.add(listener)
+        return Subscription(listener, backlog, reset)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+        listener.close()
+
+    def sever(self) -> int:
+        """End every stream of this conversation (tests simulate a dropped connection with it)."""
+        listeners, self.listeners = self.listeners, set()
+        for listener in listeners:
+            listener.close()
+        return len(listeners)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [item_snapshot(item) for item in self.conversation.items]
+
+    def to_wire(self, with_items: bool = False) -> dict[str, Any]:
+        wire: dict[str, Any] = {"id": self.id, "object": "conversation", "created_at": self.created_at,
+                                "instructions": self.conversation.instructions,
+                                "last_event_id": self.log.last_id}
+        if with_items:
+            wire["items"] = self.snapshot()
+        return wire
+
+    # --- text replies --------------------------------------------------------------------------
+
+    async def _responder_session(self) -> Session:
+        if self._responder is None:
+            # emit is a no-op: the session's events reach us through conversation.publish.
+            session = Session(self.engines, self.settings, lambda _event: None, conversation=self.conversation)
+            await session.handle_raw(json.dumps({"type": "session.update", "session": {
+                "type": "realtime", "output_modalities": ["text"],
+                "audio": {"input": {"turn_detection": None, "transcription": None}}}}))
+            self._responder = session
+        return self._responder
+
+    async def post_text(self, text: str) -> dict[str, Any]:
+        """Add a user text message and make sure a reply to it follows."""
+        session = await self._responder_session()
+        item_id = ev.new_id("item")
+        await session.handle_raw(json.dumps({"type": "conversation.item.create", "item": {
+            "id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
+        item = self.conversation.get(item_id)
+        self._want_reply = True
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(self._reply_loop(session), name=f"{self.id}:replies")
+        return item_snapshot(item)
+
+    def _busy(self, session: Session) -> bool:
+        return session.turns.reply_active or bool(self._replies.active)
+
+    async def _wait_idle(self, session: Session) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MAX_WAIT_FOR_IDLE_S):
+                while self._busy(session):
+                    self._replies.changed.clear()
+                    await self._replies.changed.wait()
+
+    async def _reply_loop(self, session: Session) -> None:
+        # Messages posted while a reply runs are answered together by one reply that sees them all.
+        while self._want_reply:
+            await self._wait_idle(session)
+            self._want_reply = False
+            await session.handle_raw('{"type":"response.create"}')
+            await self._wait_idle(session)
+
+    async def close(self) -> None:
+        self._unsubscribe()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._responder is not None:
+            await self._responder.close()
+        self.sever()
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+
+class ConversationHub:
+    """Every shared conversation of the process; registers them where voice sessions look them up."""
+
+    def __init__(self, settings: Settings, engines: Engines, registry: dict[str, Conversation]) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.registry = registry
+        self._conversations: dict[str, SharedConversation] = {}
+
+    def create(self, instructions: str | None = None) -> SharedConversation:
+        if len(self._conversations) >= self.settings.max_conversations:
+            raise ConversationLimitError(
+                f"This server holds its maximum of {self.settings.max_conversations} conversations.")
+        conversation = Conversation(ev.new_id("conv"), instructions)
+        shared = SharedConversation(conversation, self.settings, self.engines)
+        self._conversations[conversation.id] = shared
+        self.registry[conversation.id] = conversation
+        return shared
+
+    def get(self, conversation_id: str) -> SharedConversation | None:
+        return self._conversations.get(conversation_id)
+
+    @property
+    def listener_count(self) -> int:
+        return sum(len(c.listeners) for c in self._conversations.values())
+
+    async def close(self) -> None:
+        for shared in list(self._conversations.values()):
+            await shared.close()
+            self.registry.pop(shared.id, None)
+        self._conversations.clear()
