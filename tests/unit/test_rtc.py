@@ -1,0 +1,231 @@
+"""The WebRTC transport's pieces without a network: playout track, frame conversion, SDP checks, ICE config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+
+from voicebot.transports.rtc_audio import FRAME_SAMPLES, RTC_RATE, InboundAudio, PlayoutTrack, frame_to_mono
+from voicebot.transports.rtc_ice import (
+    IceConfigError,
+    candidate_addresses,
+    host_addresses,
+    parse_ice_server,
+    rtc_configuration,
+)
+from voicebot.transports.rtc_sdp import OfferError, parse_offer
+
+# --- PlayoutTrack ---------------------------------------------------------------------------------
+
+
+def ramp(n: int) -> np.ndarray:
+    return (np.arange(n) % 1000 + 1).astype(np.int16)
+
+
+async def test_track_plays_queued_audio_then_silence_in_20ms_frames() -> None:
+    track = PlayoutTrack()
+    track.push(ramp(FRAME_SAMPLES + 100), "resp_1")
+    first = (await track.recv()).to_ndarray().reshape(-1)
+    second = (await track.recv()).to_ndarray().reshape(-1)
+    third = (await track.recv()).to_ndarray().reshape(-1)
+    assert first.size == second.size == third.size == FRAME_SAMPLES
+    assert np.array_equal(first, ramp(FRAME_SAMPLES + 100)[:FRAME_SAMPLES])
+    assert np.array_equal(second[:100], ramp(FRAME_SAMPLES + 100)[FRAME_SAMPLES:])
+    assert not second[100:].any()  # the tail is padded with silence, not held back
+    assert not third.any()
+    assert track.queued_ms == 0
+
+
+async def test_track_advances_on_a_real_time_clock() -> None:
+    track = PlayoutTrack()
+    started = time.monotonic()
+    frames = [await track.recv() for _ in range(11)]
+    elapsed = time.monotonic() - started
+    assert 0.19 <= elapsed < 0.5  # 10 frame periods after the first
+    assert [f.pts for f in frames] == [i * FRAME_SAMPLES for i in range(11)]
+    assert all(f.sample_rate == RTC_RATE for f in frames)
+
+
+async def test_clear_drops_everything_queued_at_once() -> None:
+    events: list[tuple[str, str | None]] = []
+    track = PlayoutTrack(on_started=lambda r: events.append(("started", r)),
+                         on_drained=lambda r: events.append(("drained", r)))
+    track.push(ramp(RTC_RATE * 2), "resp_1")  # 2 s
+    assert (await track.recv()).to_ndarray().any()
+    dropped = track.clear()
+    assert 1900 < dropped <= 2000
+    assert not (await track.recv()).to_ndarray().any()
+    assert events == [("started", "resp_1"), ("drained", "resp_1")]
+    assert track.cleared == 1
+
+
+async def test_started_and_drained_follow_responses() -> None:
+    events: list[tuple[str, str | None]] = []
+    track = PlayoutTrack(on_started=lambda r: events.append(("started", r)),
+                         on_drained=lambda r: events.append(("drained", r)))
+    track.push(ramp(FRAME_SAMPLES), "a")
+    track.push(ramp(FRAME_SAMPLES), "b")
+    for _ in range(3):
+        await track.recv()
+    assert events == [("started", "a"), ("drained", "a"), ("started", "b"), ("drained", "b")]
+
+
+def test_overflow_drops_new_audio_and_counts_it() -> None:
+    track = PlayoutTrack(max_queue_ms=100)
+    track.push(ramp(RTC_RATE // 20))  # 50 ms
+    track.push(ramp(RTC_RATE // 10))  # 100 ms more: over the limit
+    assert track.queued_ms == pytest.approx(50)
+    assert track.dropped_ms == pytest.approx(100)
+
+
+async def test_stopped_track_ends_the_stream() -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    track = PlayoutTrack()
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+
+
+# --- inbound frames -------------------------------------------------------------------------------
+
+
+def test_frame_to_mono_downmixes_packed_stereo() -> None:
+    left = np.full(960, 1000, np.int16)
+    right = np.full(960, 3000, np.int16)
+    packed = np.stack([left, right], axis=1).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(packed, format="s16", layout="stereo")
+    assert np.array_equal(frame_to_mono(frame), np.full(960, 2000, np.int16))
+
+
+def test_frame_to_mono_reads_planar_float() -> None:
+    planes = np.stack([np.full(480, 0.5, np.float32), np.full(480, -0.5, np.float32)])
+    frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout="stereo")
+    assert not frame_to_mono(frame).any()
+    mono = av.AudioFrame.from_ndarray(np.full((1, 480), 0.25, np.float32), format="fltp", layout="mono")
+    assert np.all(frame_to_mono(mono) == 8192)
+
+
+def test_inbound_audio_resamples_48k_to_16k() -> None:
+    inbound = InboundAudio()
+    t = np.arange(RTC_RATE) / RTC_RATE
+    tone = (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)
+    out = []
+    for i in range(0, tone.size, 960):
+        stereo = np.repeat(tone[i : i + 960], 2).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame.sample_rate = RTC_RATE
+        out.append(inbound.feed(frame))
+    samples = np.concatenate(out)
+    assert abs(samples.size - 16_000) < 800  # the low-latency filter holds back a few ms
+    spectrum = np.abs(np.fft.rfft(samples[2000:14000]))
+    peak_hz = np.argmax(spectrum) * 16_000 / 12000
+    assert abs(peak_hz - 440) < 5
+
+
+# --- SDP offers -----------------------------------------------------------------------------------
+
+OFFER = """v=0
+o=- 4611731400430051336 2 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0 1
+a=msid-semantic: WMS
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8
+c=IN IP4 0.0.0.0
+a=rtcp:9 IN IP4 0.0.0.0
+a=ice-ufrag:abcd
+a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa
+a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99
+a=setup:actpass
+a=mid:0
+a=sendrecv
+a=rtcp-mux
+a=rtpmap:111 opus/48000/2
+a=fmtp:111 minptime=10;useinbandfec=1
+a=rtpmap:0 PCMU/8000
+a=rtpmap:8 PCMA/8000
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel
+c=IN IP4 0.0.0.0
+a=ice-ufrag:abcd
+a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa
+a=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99
+a=setup:actpass
+a=mid:1
+a=sctp-port:5000
+"""
+
+
+def test_a_browser_like_offer_is_accepted() -> None:
+    offer = parse_offer(OFFER.encode())
+    assert offer.codecs == ("opus", "PCMU", "PCMA")
+    assert offer.has_data_channel
+    assert offer.key == "abcd"
+    assert offer.sdp.endswith("\r\n") and "\r\n" in offer.sdp
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "body is empty"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b'{"type": "offer"}', "starts with 'v=0'"),
+    (b"v=0\r\nm=audio nonsense\r\n", "malformed"),
+    (OFFER.split("m=audio")[0].encode() + b"m=application" + OFFER.split("m=application")[1].encode(),
+     "no audio section"),
+    (OFFER.replace("m=audio 9", "m=audio 0").encode(), "no audio section"),
+    (OFFER.replace("opus/48000/2", "ISAC/16000").replace("m=audio 9 UDP/TLS/RTP/SAVPF 111 0 8",
+                                                         "m=audio 9 UDP/TLS/RTP/SAVPF 111")
+     .replace("a=rtpmap:0 PCMU/8000\n", "").replace("a=rtpmap:8 PCMA/8000\n", "").encode(),
+     "no supported audio codec (offered: ISAC"),
+    (OFFER.replace("a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\n", "").encode(), "no ICE credentials"),
+    (OFFER.replace("a=setup:actpass\n", "").encode(), "no DTLS parameters"),
+    (b"v=0\n" + b"a=x\n" * 20000, "limit"),
+])
+def test_bad_offers_say_what_is_wrong(body: bytes, message: str) -> None:
+    with pytest.raises(OfferError) as info:
+        parse_offer(body)
+    assert message in str(info.value)
+
+
+# --- ICE ------------------------------------------------------------------------------------------
+
+
+def test_ice_servers_parse_with_and_without_credentials() -> None:
+    stun = parse_ice_server("stun:stun.example.org:3478")
+    assert stun.urls == "stun:stun.example.org:3478" and stun.username is None
+    turn = parse_ice_server("turn:alice:s3cr:et@turn.example.org:3478?transport=tcp")
+    assert turn.urls == "turn:turn.example.org:3478?transport=tcp"
+    assert (turn.username, turn.credential) == ("alice", "s3cr:et")
+    assert rtc_configuration(()).iceServers == []  # never aiortc's public default
+
+
+@pytest.mark.parametrize("spec", ["stun.example.org", "http://x", "turn:host:3478", "turn:@host:1", "stun:"])
+def test_bad_ice_servers_are_refused(spec: str) -> None:
+    with pytest.raises(IceConfigError):
+        parse_ice_server(spec)
+
+
+def test_candidates_follow_the_bound_address() -> None:
+    assert candidate_addresses("127.0.0.1") == ("127.0.0.1",)
+    assert candidate_addresses("localhost") == ("127.0.0.1",)
+    assert candidate_addresses("192.0.2.7") == ("192.0.2.7",)
+    assert candidate_addresses("0.0.0.0")[-1] == "127.0.0.1"
+
+
+async def test_host_addresses_override_is_scoped() -> None:
+    default = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    assert "127.0.0.1" not in default  # aioice's own behaviour: no loopback
+    with host_addresses(["127.0.0.1", "::1"]):
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
+        # tasks started inside the block (aiortc gathers in tasks) see the override too
+        inner = await asyncio.create_task(_gather())
+        assert inner == ["127.0.0.1", "::1"]
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == default
+
+
+async def _gather() -> list[str]:
+    return list(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
