@@ -22,6 +22,7 @@ from voicebot.config import Settings
 from voicebot.core.conversation import Conversation
 from voicebot.engines.base import Engines
 from voicebot.session import Session
+from voicebot.transports import chat_completions, client_secrets, sse, telephony, webrtc
 from voicebot.transports.realtime_ws import realtime_endpoint
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
             yield
         finally:
             state: AppState = app.state.voicebot
+            await webrtc.close_calls(state)
             for session in list(state.sessions):
                 await session.close()
+            await sse.close_hub(state)
             if engines is None:  # engines we loaded are ours to release
                 from voicebot.engines.loader import close_engines
 
@@ -86,6 +89,11 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
         WebSocketRoute("/v1/realtime", realtime_endpoint),
+        *chat_completions.routes,
+        *sse.routes,
+        *client_secrets.routes,
+        *telephony.routes,
+        *webrtc.routes,
     ]
     web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB_DIR
     if web_dir.is_dir():
