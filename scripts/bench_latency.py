@@ -169,21 +169,24 @@ async def main() -> None:
             mic = Microphone(conn)
             sender = asyncio.create_task(mic.run())
             mic.say(silence24k(500))
-            for i in range(args.turns):
-                print(f"turn {i + 1}/{args.turns}", flush=True)
-                await one_turn(conn, rec, mic, utterances[i % len(utterances)], results)
-            for i in range(args.barge_ins):
-                print(f"barge-in {i + 1}/{args.barge_ins}", flush=True)
-                await one_barge_in(conn, rec, mic, utterances[i % len(utterances)],
-                                   utterances[(i + 3) % len(utterances)], results)
-            sender.cancel()
-            receiver.cancel()
-            await asyncio.gather(sender, receiver, return_exceptions=True)
-            if args.dump:
-                with args.dump.open("w") as out:
-                    for t, e in rec.events:
-                        e = {k: v for k, v in e.items() if k != "delta" or e["type"] != "response.output_audio.delta"}
-                        out.write(json.dumps({"t": round(t, 4), **e}) + "\n")
+            try:
+                for i in range(args.turns):
+                    print(f"turn {i + 1}/{args.turns}", flush=True)
+                    await one_turn(conn, rec, mic, utterances[i % len(utterances)], results)
+                for i in range(args.barge_ins):
+                    print(f"barge-in {i + 1}/{args.barge_ins}", flush=True)
+                    await one_barge_in(conn, rec, mic, utterances[i % len(utterances)],
+                                       utterances[(i + 3) % len(utterances)], results)
+            finally:
+                sender.cancel()
+                receiver.cancel()
+                await asyncio.gather(sender, receiver, return_exceptions=True)
+                if args.dump:
+                    with args.dump.open("w") as out:
+                        for t, e in rec.events:
+                            if e["type"] == "response.output_audio.delta":
+                                e = {k: v for k, v in e.items() if k != "delta"}
+                            out.write(json.dumps({"t": round(t, 4), **e}) + "\n")
     finally:
         if server is not None:
             print(f"server RSS after the run: {rss_mb(server.process.pid):.0f} MB", flush=True)

@@ -74,7 +74,12 @@ class Settings:
                        choices=("tiny.en", "base")),
     )
     asr_language: str = field(default="en", metadata=_meta("Language hint for the ASR ('' = detect)."))
-    asr_workers: int = field(default=2, metadata=_meta("Parallel ASR workers (one CPU thread each)."))
+    asr_workers: int = field(default=2, metadata=_meta("Parallel ASR workers (sessions transcribing at once)."))
+    asr_threads: int = field(
+        default=2,
+        metadata=_meta("CPU threads per ASR call. 2 makes one transcription ~40% faster on 2 cores "
+                       "(0.5 s vs 0.82 s for a 3 s utterance), which is what a speaker waits for."),
+    )
     llm_base_url: str = field(
         default="",
         metadata=_meta("OpenAI-compatible chat endpoint (e.g. http://host:8080/v1). Empty = embedded llama.cpp."),
@@ -154,6 +159,12 @@ class Settings:
         ),
     )
     webrtc_max_calls: int = field(default=32, metadata=_meta("Concurrent WebRTC calls; more get HTTP 503."))
+
+    speculative_replies: bool = field(
+        default=True,
+        metadata=_meta("Start thinking about the reply during the user's pause (transcribed at 200 ms "
+                       "of silence); it is spoken only if the pause ends the turn, else dropped."),
+    )
 
     # Output pacing
     output_lead_ms: int = field(

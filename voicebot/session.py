@@ -35,7 +35,7 @@ from voicebot.core.endpoint import (
 )
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnPolicy, TurnTracker
-from voicebot.engines.base import ENGINE_RATE, Engines, Int16Array
+from voicebot.engines.base import ENGINE_RATE, ChatMessage, Engines, Int16Array
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.reply import ReplyPipeline
 
@@ -90,6 +90,11 @@ class _Reply:
     task: asyncio.Task[None] | None = None
     item_started: bool = False
     finished: bool = False  # response.done has been emitted (exactly once)
+    # A speculative reply starts thinking during the user's pause and stays silent (no event at
+    # all) until the pause is confirmed as the end of the turn; then it is promoted.
+    speculative: bool = False
+    promoted: asyncio.Event = field(default_factory=asyncio.Event)
+    public: bool = False  # response.created was emitted
     cut_at: float = field(default_factory=time.monotonic)
     cancel_reason: str = "client_cancelled"
 
@@ -141,6 +146,8 @@ class Session:
         self._speech_item_id = ev.new_id("item")
         self._speculation: _Speculation | None = None
         self._reply: _Reply | None = None
+        self._speculative: _Reply | None = None  # thinking ahead during a pause, not yet public
+        self.speculative_replies = settings.speculative_replies
         self._transcriptions: dict[str, asyncio.Task[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -383,6 +390,7 @@ class Session:
                 self._speculate(end)
             case SpeechResumed():
                 self._speculation = None
+                self._drop_speculative_reply()
             case SpeechStopped(audio_end_ms=end):
                 self.emit(ev.server_event("input_audio_buffer.speech_stopped", audio_end_ms=end,
                                           item_id=self._speech_item_id))
@@ -400,6 +408,8 @@ class Session:
         audio = self._speech_audio()
         task = self._spawn(self._transcribe(audio), "speculative-asr")
         self._speculation = _Speculation(end_ms, task)
+        if self.speculative_replies:
+            self._spawn(self._think_ahead(self._speculation), "think-ahead")
 
     def _commit_speech(self, end_ms: float) -> Item | None:
         speculation, self._speculation = self._speculation, None
@@ -426,6 +436,7 @@ class Session:
         self._endpointer.reset()
         self._speech_start_ms = None
         self._speculation = None
+        self._drop_speculative_reply()
         self.turns.user_speaking = False
 
     def _add_audio_item(self, audio: Int16Array, transcript: asyncio.Task[str] | None) -> Item:
@@ -518,8 +529,21 @@ class Session:
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response", event_id=event_id,
             )
+        speculative, self._speculative = self._speculative, None
+        if params is None and speculative is not None and not speculative.finished:
+            reply = speculative  # already thinking since the pause: just let it speak
+        else:
+            if speculative is not None:
+                self._drop_speculative_reply(speculative)
+            reply = self._new_reply(params or ev.ResponseParams())
+            reply.promoted.set()
+            reply.task = self._spawn(self._run_reply(reply), "reply")
+        self._reply = reply
+        self.turns.reply_started()
+        reply.promoted.set()
+
+    def _new_reply(self, p: ev.ResponseParams) -> _Reply:
         c = self.config
-        p = params or ev.ResponseParams()
         modalities = tuple(p.output_modalities or p.modalities or c.output_modalities)
         limit = p.max_output_tokens if p.max_output_tokens is not None else c.max_output_tokens
         cap = self.settings.max_response_tokens
@@ -536,11 +560,38 @@ class Session:
             temperature=self.settings.temperature if temperature is None else temperature,
             on_audible=self.turns.reply_audio_started,
         )
-        reply = _Reply(pipeline.response_id, pipeline, clock, modalities, p,
-                       p.instructions if p.instructions is not None else c.instructions)
-        self._reply = reply
-        self.turns.reply_started()
-        reply.task = self._spawn(self._run_reply(reply), "reply")
+        return _Reply(pipeline.response_id, pipeline, clock, modalities, p,
+                      p.instructions if p.instructions is not None else c.instructions)
+
+    # --- speculative replies ----------------------------------------------------------------------
+
+    async def _think_ahead(self, speculation: _Speculation) -> None:
+        """During the user's pause: once the guessed transcript is ready, start the reply silently.
+
+        If the pause turns into the end of the turn, the reply is promoted and the caller hears it
+        about (silence_duration - speculate_after + ASR time) sooner; if the user speaks again,
+        it is dropped without a trace. Only the LLM/TTS work is spent.
+        """
+        transcript = (await asyncio.shield(speculation.task)).strip()
+        still_paused = self._speculation is speculation
+        policy = self.config.policy
+        if not (still_paused and transcript and policy.create_response and self._reply is None
+                and self._speculative is None and "audio" in self.config.output_modalities):
+            return
+        reply = self._new_reply(ev.ResponseParams())
+        reply.speculative = True
+        reply.pipeline.messages = [*self.conversation.chat_messages(reply.instructions),
+                                   ChatMessage("user", transcript)]
+        self._speculative = reply
+        reply.task = self._spawn(self._run_reply(reply), "speculative-reply")
+
+    def _drop_speculative_reply(self, reply: _Reply | None = None) -> None:
+        reply = reply or self._speculative
+        self._speculative = None
+        if reply is not None and not reply.public:
+            reply.cancel_reason = "speculation_dropped"
+            if reply.task is not None:
+                reply.task.cancel()
 
     def _response_wire(self, reply: _Reply, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
         pipeline = reply.pipeline
@@ -555,36 +606,21 @@ class Session:
         }
 
     async def _run_reply(self, reply: _Reply) -> None:
-        pipeline, params = reply.pipeline, reply.params
-        item = pipeline.item
+        pipeline = reply.pipeline
         status: str = "completed"
         details: dict[str, Any] | None = None
-        self.emit(ev.server_event("response.created", response=self._response_wire(reply, "in_progress")))
         try:
-            # The reply must see every user turn, so wait for transcriptions still running.
-            pending = list(self._transcriptions.values())
-            if pending:
-                await asyncio.wait([asyncio.shield(t) for t in pending])
-            out_of_band = params.conversation == "none"
-            if out_of_band and params.input is not None:
-                history = Conversation("oob")
-                for p in params.input:
-                    text = p.content[0].text or p.content[0].transcript or ""
-                    history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
-            else:
-                history = self.conversation
-            pipeline.messages = history.chat_messages(reply.instructions)
-            if not out_of_band:
-                previous = self.conversation.add(item)
-                self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-            reply.item_started = True
-            self.emit(ev.server_event("response.output_item.added", response_id=reply.id,
-                                      output_index=0, item=item.to_wire()))
-            part_key = "transcript" if pipeline.audio_out else "text"
-            self.emit(ev.server_event("response.content_part.added", content_index=0,
-                                      part={"type": "audio" if pipeline.audio_out else "text", part_key: ""},
-                                      **reply.ids()))
-            await pipeline.run()
+            if not reply.speculative:
+                self._announce_response(reply)
+                pipeline.messages = await self._history_for(reply)
+            async with asyncio.TaskGroup() as group:
+                # The pipeline starts thinking at once; it emits nothing until released.
+                group.create_task(pipeline.run())
+                await reply.promoted.wait()
+                if reply.speculative:
+                    self._announce_response(reply)
+                self._announce_item(reply)
+                pipeline.released.set()
         except asyncio.CancelledError:
             status, details = "cancelled", {"type": "cancelled", "reason": reply.cancel_reason}
             raise
@@ -596,25 +632,64 @@ class Session:
             status = "failed"
             details = {"type": "failed",
                        "error": {"type": "server_error", "code": "engine_error", "message": message}}
-            self.emit(ev.error_event(ProtocolError(f"The response failed: {message}", code="engine_error",
-                                                   type="server_error")))
+            if reply.public:
+                self.emit(ev.error_event(ProtocolError(f"The response failed: {message}", code="engine_error",
+                                                       type="server_error")))
         finally:
             self._finish_reply(reply, status, details)
+
+    def _announce_response(self, reply: _Reply) -> None:
+        reply.public = True
+        self.emit(ev.server_event("response.created", response=self._response_wire(reply, "in_progress")))
+
+    async def _history_for(self, reply: _Reply) -> list[ChatMessage]:
+        params = reply.params
+        # The reply must see every user turn, so wait for transcriptions still running.
+        pending = list(self._transcriptions.values())
+        if pending:
+            await asyncio.wait([asyncio.shield(t) for t in pending])
+        if params.conversation == "none" and params.input is not None:
+            history = Conversation("oob")
+            for p in params.input:
+                text = p.content[0].text or p.content[0].transcript or ""
+                history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
+            return history.chat_messages(reply.instructions)
+        return self.conversation.chat_messages(reply.instructions)
+
+    def _announce_item(self, reply: _Reply) -> None:
+        pipeline = reply.pipeline
+        item = pipeline.item
+        if reply.params.conversation != "none":
+            previous = self.conversation.add(item)
+            self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
+        reply.item_started = True
+        self.emit(ev.server_event("response.output_item.added", response_id=reply.id,
+                                  output_index=0, item=item.to_wire()))
+        part_key = "transcript" if pipeline.audio_out else "text"
+        self.emit(ev.server_event("response.content_part.added", content_index=0,
+                                  part={"type": "audio" if pipeline.audio_out else "text", part_key: ""},
+                                  **reply.ids()))
 
     def _finish_reply(self, reply: _Reply, status: str, details: dict[str, Any] | None) -> None:
         if reply.finished:
             return
         reply.finished = True
-        pipeline = reply.pipeline
-        item = pipeline.item
+        if self._speculative is reply:
+            self._speculative = None
         if self._reply is reply:
             self._reply = None
             self.turns.reply_ended()
+        if not reply.public:  # never announced (a dropped speculation): nobody knows it existed
+            return
+        pipeline = reply.pipeline
+        item = pipeline.item
         if status == "cancelled" and item.content_type == "output_audio" and item.id in self.conversation:
             # Keep in history only what the listener can have heard by the cut.
             self.conversation.truncate(item.id, min(item.audio_ms, reply.clock.played_ms(reply.cut_at)))
         item.status = "completed" if status == "completed" else "incomplete"
         item.text = (item.text or "").strip()
+        if status == "completed":
+            item.llm_text = pipeline.full_text.strip() or None
         if reply.item_started:
             if item.id in self.conversation:
                 self.conversation.notify("updated", item)
@@ -634,7 +709,8 @@ class Session:
                                           previous_item_id=self.conversation.previous_id(item.id),
                                           item=item.to_wire()))
         wire = self._response_wire(reply, status, details)
-        metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms)}
+        metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
+                   "speculative": reply.speculative}
         wire["metrics"] = metrics  # voicebot extension: where the time went (demo page, benchmarks)
         self.metrics.append(metrics)
         del self.metrics[:-20]

@@ -29,11 +29,11 @@ class Harness:
     async def send(self, **event: Any) -> None:
         await self.session.handle_raw(json.dumps(event))
 
-    async def speak(self, pcm: bytes, chunk_ms: int = 40, rate: int = 24_000) -> None:
+    async def speak(self, pcm: bytes, chunk_ms: int = 40, rate: int = 24_000, realtime: bool = False) -> None:
         step = rate * 2 * chunk_ms // 1000
         for i in range(0, len(pcm), step):
             await self.send(type="input_audio_buffer.append", audio=base64.b64encode(pcm[i : i + step]).decode())
-            await asyncio.sleep(0)
+            await asyncio.sleep(chunk_ms / 1000 if realtime else 0)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -115,6 +115,36 @@ async def test_voice_turn_transcribes_and_answers_with_audio(h: Harness) -> None
     items = h.session.conversation.items
     assert [i.role for i in items] == ["user", "assistant"]
     assert items[1].text == h.llm.reply and items[1].status == "completed"
+
+
+async def test_reply_starts_thinking_during_the_pause_and_is_promoted(h: Harness) -> None:
+    await h.speak(tone(700) + silence(900))
+    done = await h.wait_for("response.done")
+    assert done["response"]["metrics"]["speculative"] is True
+    # The LLM was asked before the end of the turn was even declared...
+    assert len(h.llm.requests) == 1
+    # ...yet nothing of the reply was emitted before the user's item was committed.
+    types = h.types()
+    assert types.index("input_audio_buffer.committed") < types.index("response.created")
+
+
+async def test_speculation_is_dropped_without_a_trace_when_the_user_goes_on() -> None:
+    h = Harness(asr=ScriptedAsr(["hello", "hello there my friend", "hello there my friend"]),
+                llm=SlowLlm(delay=0.05))
+    try:
+        await h.speak(tone(700) + silence(350) + tone(600) + silence(900), realtime=True)
+        done = await h.wait_for("response.done")
+        assert done["response"]["status"] == "completed"
+        assert len(h.of("response.created")) == 1, "the dropped guess must stay invisible"
+        assert len(h.of("input_audio_buffer.speech_started")) == 1
+        # The guess from the first pause was asked and dropped; the answer used the final words.
+        assert len(h.llm.requests) == 2
+        assert h.llm.requests[0][-1].content == "hello"
+        assert h.llm.requests[1][-1].content == "hello there my friend"
+        assert not h.errors()
+    finally:
+        await h.session.close()
+    assert h.llm.active == 0 and h.session.active_tasks == 0
 
 
 async def test_barge_in_cancels_reply_stops_audio_and_truncates_history() -> None:

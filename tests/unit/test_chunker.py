@@ -193,11 +193,12 @@ def test_words_do_not_depend_on_token_split(reply: str) -> None:
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=60),
     first=st.integers(1, 5),
     later=st.integers(1, 10),
+    first_max=st.sampled_from([0, 1, 4, 6]),
 )
-def test_words_invariant_property(reply: str, cuts: list[int], first: int, later: int) -> None:
+def test_words_invariant_property(reply: str, cuts: list[int], first: int, later: int, first_max: int) -> None:
     points = sorted({0, len(reply), *(c for c in cuts if c < len(reply))})
     pieces = [reply[a:b] for a, b in itertools.pairwise(points)]
-    chunks = chunk_all(pieces, first_min_words=first, min_words=later)
+    chunks = chunk_all(pieces, first_min_words=first, min_words=later, first_max_words=first_max)
     assert words(" ".join(chunks)) == words(clean_for_speech(reply))
     assert all(c.strip() and re.search(r"\w", c) for c in chunks)
 
@@ -214,6 +215,22 @@ def test_words_invariant_on_generated_text(tokens: list[str], seed: int) -> None
     chunks = chunk_all(pieces, max_chars=60)
     assert words(" ".join(chunks)) == words(clean_for_speech(text))
     assert all(re.search(r"\w", c) for c in chunks)
+
+
+def test_first_chunk_leaves_after_max_words_without_a_comma() -> None:
+    chunker = SpeechChunker(first_max_words=5)
+    out: list[str] = []
+    for word in "The capital of France is Paris and it is lovely in spring. More text follows here".split(" "):
+        out += chunker.push(word + " ")
+    assert out[0] == "The capital of France is"
+    assert out[1] == "Paris and it is lovely in spring."
+    # A word is only complete once the next one starts: "is" alone must not be cut yet.
+    early = SpeechChunker(first_max_words=5)
+    assert early.push("The capital of France is") == []
+    assert early.push(" P") == ["The capital of France is"]
+    # A clause boundary reached before the limit still wins; without the option nothing is cut.
+    assert SpeechChunker(first_max_words=5).push("Yes, of course, I can help you today x")[0] == "Yes, of course,"
+    assert SpeechChunker().push("The capital of France is Paris and it is lovely x") == []
 
 
 def test_long_code_block_is_skipped_while_streaming() -> None:

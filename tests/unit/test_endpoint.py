@@ -82,7 +82,7 @@ def test_short_dips_between_thresholds_keep_speech() -> None:
 
 
 def test_pause_resume_and_stop() -> None:
-    ep = Endpointer()  # speculate after 200 ms, stop after 500 ms
+    ep = Endpointer(EndpointConfig(speculate_after_ms=200))  # speculate after 200 ms, stop after 500 ms
     events = feed(ep, [VOICE] * 10 + [QUIET] * 8 + [VOICE] * 3 + [QUIET] * 20)
     assert events == [
         (1, SpeechStarted(audio_start_ms=0)),

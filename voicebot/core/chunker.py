@@ -84,10 +84,14 @@ def _count_words(text: str) -> int:
 class SpeechChunker:
     """Feed LLM text pieces with :meth:`push`; get cleaned chunks ready for the TTS."""
 
-    def __init__(self, first_min_words: int = 3, min_words: int = 6, max_chars: int = 220) -> None:
-        if first_min_words < 1 or min_words < 1 or max_chars < 20:
-            raise ValueError("first_min_words and min_words must be >= 1, max_chars >= 20")
+    def __init__(self, first_min_words: int = 3, min_words: int = 6, max_chars: int = 220,
+                 first_max_words: int = 0) -> None:
+        if first_min_words < 1 or min_words < 1 or max_chars < 20 or first_max_words < 0:
+            raise ValueError("first_min_words and min_words must be >= 1, max_chars >= 20, first_max_words >= 0")
         self.first_min_words = first_min_words
+        # 0 = off. Otherwise the first chunk leaves after this many words even without a comma:
+        # on a CPU LLM (~10 tokens/s) every word waited for is ~0.1 s of silence for the caller.
+        self.first_max_words = max(first_max_words, first_min_words) if first_max_words else 0
         self.min_words = min_words
         self.max_chars = max_chars
         self._buf = ""
@@ -155,6 +159,13 @@ class SpeechChunker:
                 break
             if _count_words(_clean(buf[:cut], self._line_start)) >= need:
                 return cut
+        if self._first and self.first_max_words:
+            spaces = [m.start() for m in _ANY_SPACE.finditer(buf, 1, window) if not _inside(m.start(), blocked)]
+            for space in spaces:
+                # A word is complete once the next one has started (tokens arrive in pieces).
+                if buf[space:limit].strip() and _count_words(_clean(buf[:space], self._line_start)) >= \
+                        self.first_max_words:
+                    return space
         if len(buf) <= self.max_chars:
             return None
         # Run-on text: cut at the last sentence or clause boundary that fits, else the last space.

@@ -41,6 +41,10 @@ class Item:
     status: Status = "completed"
     audio_ms: float = 0.0  # audio content length (input) or audio sent so far (output)
     heard_ms: float | None = None  # set by truncation: how much of the sent audio was heard
+    # The LLM's own words for a completed reply. Feeding them back verbatim (rather than the
+    # cleaned, re-joined transcript) keeps llama.cpp's prompt cache valid across turns: only the
+    # new user turn is evaluated, not the whole previous answer again.
+    llm_text: str | None = None
     segments: list[Segment] = field(default_factory=list)
 
     @property
@@ -189,6 +193,7 @@ class Conversation:
             )
         item.text = heard_text(item.segments, audio_end_ms)
         item.heard_ms = audio_end_ms
+        item.llm_text = None  # the history now holds only what was heard
         self.notify("truncated", item)
         return item
 
@@ -198,6 +203,7 @@ class Conversation:
         """The history as chat messages for the LLM, oldest first, empty turns left out."""
         messages = [ChatMessage("system", instructions)] if instructions else []
         for item in self._items:
-            if item.text and item.text.strip():
-                messages.append(ChatMessage(item.role, item.text.strip()))
+            text = (item.llm_text or item.text or "").strip()
+            if text:
+                messages.append(ChatMessage(item.role, text))
         return messages

@@ -35,7 +35,9 @@ class EndpointConfig:
     threshold: float = 0.5  # Silero probability for "voiced"
     prefix_padding_ms: int = 300  # audio kept before the onset; used by the session, not here
     silence_duration_ms: int = 500  # trailing silence that ends the turn
-    speculate_after_ms: int = 200  # trailing silence that triggers PauseStarted; 0 = never
+    # Trailing silence that triggers PauseStarted (0 = never). Whisper needs ~0.5 s on 2 cores, so
+    # starting at 120 ms has the transcript nearly ready when the 500 ms end-of-turn silence is over.
+    speculate_after_ms: int = 120
     onset_hops: int = 2  # voiced hops needed ...
     onset_window: int = 3  # ... within this many consecutive hops to start speech
     # Extra onset debounce: the voiced run must span this long before SpeechStarted. 0 by

@@ -64,6 +64,7 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
             whisper_model_dir(settings.asr_model, cache, progress),
             name=settings.asr_model,
             workers=settings.asr_workers,
+            threads=settings.asr_threads,
         ),
     )
     tts = _timed(
