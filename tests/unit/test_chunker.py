@@ -220,7 +220,8 @@ def test_words_invariant_on_generated_text(tokens: list[str], seed: int) -> None
 def test_first_chunk_leaves_after_max_words_without_a_comma() -> None:
     chunker = SpeechChunker(first_max_words=5)
     out: list[str] = []
-    for word in "The capital of France is Paris and it is lovely in spring. More text follows here".split(" "):
+    reply = "The capital of France is Paris and it is lovely in spring. More text follows here"
+    for word in reply.split():
         out += chunker.push(word + " ")
     assert out[0] == "The capital of France is"
     assert out[1] == "Paris and it is lovely in spring."
