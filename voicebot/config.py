@@ -209,9 +209,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per setting; its help names the env var and shows the default."""
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]"
+        # argparse %-formats help strings: a literal "%" in a description must be doubled.
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}]".replace("%", "%%")
         if f.metadata.get("repeat"):
-            parser.add_argument(flag, action="append", default=None, help=help_text, metavar="VALUE")
+            # Given once per value, so the flag reads singular: --api-key A --api-key B.
+            singular = flag.removesuffix("s")
+            parser.add_argument(singular, flag, dest=f.name, action="append", default=None, help=help_text,
+                                metavar="VALUE")
             continue
         if isinstance(f.default, bool):  # type=bool would read "--flag false" as True
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,

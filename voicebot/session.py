@@ -15,14 +15,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from voicebot.config import Settings
 from voicebot.core import events as ev
-from voicebot.core.audio import AudioFormat, InputAudio, OutputAudio, int16_to_float32
+from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.buffer import PcmBuffer
 from voicebot.core.conversation import ContentType, Conversation, Item
 from voicebot.core.endpoint import (
@@ -33,73 +33,16 @@ from voicebot.core.endpoint import (
     SpeechStarted,
     SpeechStopped,
 )
-from voicebot.core.playout import PlayoutClock
-from voicebot.core.turns import Action, TurnPolicy, TurnTracker
-from voicebot.engines.base import ENGINE_RATE, ChatMessage, Engines, Int16Array
+from voicebot.core.turns import Action, TurnTracker
+from voicebot.engines.base import ENGINE_RATE, Engines, Int16Array
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.reply import ReplyPipeline
+from voicebot.responses import Responses
+from voicebot.session_config import SessionConfig, apply_update, session_wire
 
 log = logging.getLogger(__name__)
 
-PCM24K = AudioFormat("pcm16", 24_000)
 MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 MAX_MANUAL_BUFFER_MS = 15 * 60 * 1000
-SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
-Modality = Literal["audio", "text"]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    """What a client can change with ``session.update``."""
-
-    instructions: str
-    output_modalities: tuple[Modality, ...] = ("audio",)
-    input_format: AudioFormat = PCM24K
-    output_format: AudioFormat = PCM24K
-    transcription: dict[str, Any] | None = field(default_factory=lambda: {"model": "whisper", "language": None})
-    vad: EndpointConfig | None = field(default_factory=EndpointConfig)
-    policy: TurnPolicy = field(default_factory=TurnPolicy)
-    vad_type: str = "server_vad"
-    voice: str = "joe"
-    speed: float = 1.0
-    max_output_tokens: int | Literal["inf"] = "inf"
-    temperature: float | None = None
-
-    def turn_detection_wire(self) -> dict[str, Any] | None:
-        if self.vad is None:
-            return None
-        return {
-            "type": self.vad_type,
-            "threshold": self.vad.threshold,
-            "prefix_padding_ms": self.vad.prefix_padding_ms,
-            "silence_duration_ms": self.vad.silence_duration_ms,
-            "create_response": self.policy.create_response,
-            "interrupt_response": self.policy.interrupt_response,
-            "idle_timeout_ms": None,
-        }
-
-
-@dataclass
-class _Reply:
-    id: str
-    pipeline: ReplyPipeline
-    clock: PlayoutClock
-    modalities: tuple[str, ...]
-    params: ev.ResponseParams
-    instructions: str
-    task: asyncio.Task[None] | None = None
-    item_started: bool = False
-    finished: bool = False  # response.done has been emitted (exactly once)
-    # A speculative reply starts thinking during the user's pause and stays silent (no event at
-    # all) until the pause is confirmed as the end of the turn; then it is promoted.
-    speculative: bool = False
-    promoted: asyncio.Event = field(default_factory=asyncio.Event)
-    public: bool = False  # response.created was emitted
-    cut_at: float = field(default_factory=time.monotonic)
-    cancel_reason: str = "client_cancelled"
-
-    def ids(self) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": self.pipeline.item.id, "output_index": 0}
 
 
 @dataclass
@@ -144,11 +87,10 @@ class Session:
         self._buffer = PcmBuffer()
         self._speech_start_ms: float | None = None
         self._speech_item_id = ev.new_id("item")
-        self._speculation: _Speculation | None = None
-        self._reply: _Reply | None = None
-        self._speculative: _Reply | None = None  # thinking ahead during a pause, not yet public
+        self.speculation: _Speculation | None = None
+        self.responses = Responses(self)
         self.speculative_replies = settings.speculative_replies
-        self._transcriptions: dict[str, asyncio.Task[str]] = {}
+        self.transcriptions: dict[str, asyncio.Task[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.metrics: list[dict[str, Any]] = []  # per finished reply, newest last
@@ -175,7 +117,7 @@ class Session:
             await asyncio.wait(tasks, timeout=5)
         self._tasks.clear()
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -224,8 +166,8 @@ class Session:
                 self._clear_input()
                 self.emit(ev.server_event("input_audio_buffer.cleared"))
             case ev.OutputAudioBufferClear():
-                reply_id = self._reply.id if self._reply else None
-                self._interrupt("client_cancelled")
+                reply_id = self.responses.active.id if self.responses.active else None
+                self.responses.interrupt("client_cancelled")
                 self.emit(ev.server_event("output_audio_buffer.cleared", response_id=reply_id))
             case ev.ConversationItemCreate():
                 self._create_item(event)
@@ -238,111 +180,26 @@ class Session:
             case ev.ConversationItemTruncate():
                 self._truncate(event)
             case ev.ResponseCreate():
-                self._create_response(event.response, event_id=event.event_id)
+                self.responses.create(event.response, event_id=event.event_id)
             case ev.ResponseCancel():
-                if self._reply is None or (event.response_id and event.response_id != self._reply.id):
+                active = self.responses.active
+                if active is None or (event.response_id and event.response_id != active.id):
                     raise ProtocolError("There is no active response to cancel.",
                                         code="response_cancel_not_active", event_id=event.event_id)
-                self._interrupt("client_cancelled")
+                self.responses.interrupt("client_cancelled")
 
     # --- session configuration -----------------------------------------------------------------
 
     def session_wire(self) -> dict[str, Any]:
-        c = self.config
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": self.id,
-            "model": self.model,
-            "output_modalities": list(c.output_modalities),
-            "instructions": c.instructions,
-            "audio": {
-                "input": {
-                    "format": c.input_format.to_wire(),
-                    "transcription": c.transcription,
-                    "turn_detection": c.turn_detection_wire(),
-                    "noise_reduction": None,
-                },
-                "output": {"format": c.output_format.to_wire(), "voice": c.voice, "speed": c.speed},
-            },
-            "max_output_tokens": c.max_output_tokens,
-            "tools": [],
-            "tool_choice": "auto",
-            "tracing": None,
-            "truncation": "auto",
-            "prompt": None,
-            "include": None,
-        }
+        return session_wire(self.config, self.id, self.model)
 
     def _update_session(self, s: ev.SessionConfig, event_id: str | None) -> None:
-        c = self.config
-        changes: dict[str, Any] = {}
-        if s.instructions is not None:
-            changes["instructions"] = s.instructions
-        modalities = s.output_modalities or s.modalities
-        if modalities:
-            if len(set(modalities)) > 1:
-                raise ProtocolError("output_modalities must be ['audio'] or ['text'], not both.",
-                                    param="session.output_modalities", event_id=event_id)
-            changes["output_modalities"] = tuple(dict.fromkeys(modalities))
-        audio_in = s.audio.input if s.audio else None
-        audio_out = s.audio.output if s.audio else None
-        in_fmt = audio_in.format if audio_in and audio_in.format is not None else s.input_audio_format
-        out_fmt = audio_out.format if audio_out and audio_out.format is not None else s.output_audio_format
-        if in_fmt is not None:
-            changes["input_format"] = self._parse_format(in_fmt, "session.audio.input.format", event_id)
-        if out_fmt is not None:
-            changes["output_format"] = self._parse_format(out_fmt, "session.audio.output.format", event_id)
-        fields_set = audio_in.model_fields_set if audio_in else set()
-        if "transcription" in fields_set or "input_audio_transcription" in s.model_fields_set:
-            t = audio_in.transcription if audio_in and "transcription" in fields_set else s.input_audio_transcription
-            changes["transcription"] = None if t is None else {"model": t.model or "whisper", "language": t.language}
-        if "turn_detection" in fields_set or "turn_detection" in s.model_fields_set:
-            td = audio_in.turn_detection if audio_in and "turn_detection" in fields_set else s.turn_detection
-            changes.update(self._turn_detection(td, c))
-        voice = audio_out.voice if audio_out and audio_out.voice else s.voice
-        if voice:
-            changes["voice"] = voice
-        if audio_out and audio_out.speed is not None:
-            changes["speed"] = audio_out.speed
-        max_tokens = s.max_output_tokens if s.max_output_tokens is not None else s.max_response_output_tokens
-        if max_tokens is not None:
-            changes["max_output_tokens"] = max_tokens
-        if s.temperature is not None:
-            changes["temperature"] = s.temperature
-        self.config = replace(c, **changes)
-        if "input_format" in changes and changes["input_format"] != c.input_format:
+        old, self.config = self.config, apply_update(self.config, s, event_id)
+        if self.config.input_format != old.input_format:
             self._input = InputAudio(self.config.input_format)
         if self.config.vad is not None:
             self._endpointer.update(self.config.vad)
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
-
-    @staticmethod
-    def _parse_format(value: object, param: str, event_id: str | None) -> AudioFormat:
-        try:
-            return AudioFormat.parse(value)
-        except Exception as exc:
-            raise ProtocolError(str(exc), param=param, event_id=event_id) from None
-
-    @staticmethod
-    def _turn_detection(td: ev.TurnDetection | None, c: SessionConfig) -> dict[str, Any]:
-        if td is None:
-            return {"vad": None}
-        base = c.vad or EndpointConfig()
-        silence = td.silence_duration_ms
-        if td.type == "semantic_vad":
-            silence = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
-        vad = replace(
-            base,
-            threshold=td.threshold if td.threshold is not None else base.threshold,
-            prefix_padding_ms=td.prefix_padding_ms if td.prefix_padding_ms is not None else base.prefix_padding_ms,
-            silence_duration_ms=silence if silence is not None else base.silence_duration_ms,
-        )
-        policy = TurnPolicy(
-            create_response=td.create_response if td.create_response is not None else True,
-            interrupt_response=td.interrupt_response if td.interrupt_response is not None else True,
-        )
-        return {"vad": vad, "policy": policy, "vad_type": td.type}
 
     # --- audio in ------------------------------------------------------------------------------
 
@@ -385,19 +242,19 @@ class Session:
                 self.emit(ev.server_event("input_audio_buffer.speech_started", audio_start_ms=start,
                                           item_id=self._speech_item_id))
                 if Action.CANCEL_REPLY in self.turns.speech_started(policy):
-                    self._interrupt()
+                    self.responses.interrupt()
             case PauseStarted(audio_end_ms=end):
                 self._speculate(end)
             case SpeechResumed():
-                self._speculation = None
-                self._drop_speculative_reply()
+                self.speculation = None
+                self.responses.drop_speculative()
             case SpeechStopped(audio_end_ms=end):
                 self.emit(ev.server_event("input_audio_buffer.speech_stopped", audio_end_ms=end,
                                           item_id=self._speech_item_id))
                 actions = self.turns.speech_stopped(policy)
                 item = self._commit_speech(end)
                 if item is not None and Action.START_REPLY in actions:
-                    self._create_response(None, event_id=None)
+                    self.responses.create(None, event_id=None)
 
     def _speech_audio(self) -> Int16Array:
         assert self.config.vad is not None
@@ -406,13 +263,13 @@ class Session:
 
     def _speculate(self, end_ms: float) -> None:
         audio = self._speech_audio()
-        task = self._spawn(self._transcribe(audio), "speculative-asr")
-        self._speculation = _Speculation(end_ms, task)
+        task = self.spawn(self._transcribe(audio), "speculative-asr")
+        self.speculation = _Speculation(end_ms, task)
         if self.speculative_replies:
-            self._spawn(self._think_ahead(self._speculation), "think-ahead")
+            self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
 
     def _commit_speech(self, end_ms: float) -> Item | None:
-        speculation, self._speculation = self._speculation, None
+        speculation, self.speculation = self.speculation, None
         audio = self._speech_audio()
         self._speech_start_ms = None
         transcript = speculation.task if speculation is not None else None
@@ -427,7 +284,7 @@ class Session:
             )
         audio = self._buffer.slice(self._buffer.start_ms)
         self._speech_start_ms = None
-        self._speculation = None
+        self.speculation = None
         self._add_audio_item(audio, None)
 
     def _clear_input(self) -> None:
@@ -435,8 +292,8 @@ class Session:
         self._hop = np.zeros(0, np.int16)
         self._endpointer.reset()
         self._speech_start_ms = None
-        self._speculation = None
-        self._drop_speculative_reply()
+        self.speculation = None
+        self.responses.drop_speculative()
         self.turns.user_speaking = False
 
     def _add_audio_item(self, audio: Int16Array, transcript: asyncio.Task[str] | None) -> Item:
@@ -447,9 +304,9 @@ class Session:
         previous = self.conversation.add(item)
         self.emit(ev.server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id))
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-        task = transcript if transcript is not None else self._spawn(self._transcribe(audio), "asr")
-        self._transcriptions[item.id] = task
-        self._spawn(self._finish_transcription(item, task), "asr-result")
+        task = transcript if transcript is not None else self.spawn(self._transcribe(audio), "asr")
+        self.transcriptions[item.id] = task
+        self.spawn(self._finish_transcription(item, task), "asr-result")
         return item
 
     async def _transcribe(self, audio: Int16Array) -> str:
@@ -469,7 +326,7 @@ class Session:
                     error={"type": "transcription_error", "code": "asr_failed", "message": str(exc)}))
             return
         finally:
-            self._transcriptions.pop(item.id, None)
+            self.transcriptions.pop(item.id, None)
         item.text = transcript
         self.conversation.notify("updated", item)
         if self.config.transcription is not None:
@@ -498,9 +355,9 @@ class Session:
             item = Item(item_id, param.role, "input_audio", text=part.transcript, audio_ms=samples.size / 16)
             previous = self.conversation.add(item, event.previous_item_id, event_id=event.event_id)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-            task = self._spawn(self._transcribe(samples), "asr")
-            self._transcriptions[item.id] = task
-            self._spawn(self._finish_transcription(item, task), "asr-result")
+            task = self.spawn(self._transcribe(samples), "asr")
+            self.transcriptions[item.id] = task
+            self.spawn(self._finish_transcription(item, task), "asr-result")
             return
         text = part.text if part.text is not None else part.transcript
         if text is None:
@@ -521,215 +378,3 @@ class Session:
                                   audio_end_ms=event.audio_end_ms))
 
     # --- responses -----------------------------------------------------------------------------
-
-    def _create_response(self, params: ev.ResponseParams | None, event_id: str | None) -> None:
-        if self._reply is not None:
-            raise ProtocolError(
-                f"Conversation already has an active response in progress: {self._reply.id}. "
-                "Wait until the response is finished before creating a new one.",
-                code="conversation_already_has_active_response", event_id=event_id,
-            )
-        speculative, self._speculative = self._speculative, None
-        if params is None and speculative is not None and not speculative.finished:
-            reply = speculative  # already thinking since the pause: just let it speak
-        else:
-            if speculative is not None:
-                self._drop_speculative_reply(speculative)
-            reply = self._new_reply(params or ev.ResponseParams())
-            reply.promoted.set()
-            reply.task = self._spawn(self._run_reply(reply), "reply")
-        self._reply = reply
-        self.turns.reply_started()
-        reply.promoted.set()
-
-    def _new_reply(self, p: ev.ResponseParams) -> _Reply:
-        c = self.config
-        modalities = tuple(p.output_modalities or p.modalities or c.output_modalities)
-        limit = p.max_output_tokens if p.max_output_tokens is not None else c.max_output_tokens
-        cap = self.settings.max_response_tokens
-        max_tokens = cap if limit == "inf" else min(int(limit), cap)
-        audio = "audio" in modalities
-        item = Item(ev.new_id("item"), "assistant", "output_audio" if audio else "output_text",
-                    text="", status="in_progress")
-        clock = PlayoutClock(self.output_lead_ms)
-        temperature = p.temperature if p.temperature is not None else c.temperature
-        pipeline = ReplyPipeline(
-            response_id=ev.new_id("resp"), item=item, engines=self.engines, messages=[],
-            audio_out=OutputAudio(self.engines.tts.sample_rate, c.output_format) if audio else None,
-            clock=clock, emit=self.emit, max_tokens=max_tokens,
-            temperature=self.settings.temperature if temperature is None else temperature,
-            on_audible=self.turns.reply_audio_started,
-        )
-        return _Reply(pipeline.response_id, pipeline, clock, modalities, p,
-                      p.instructions if p.instructions is not None else c.instructions)
-
-    # --- speculative replies ----------------------------------------------------------------------
-
-    async def _think_ahead(self, speculation: _Speculation) -> None:
-        """During the user's pause: once the guessed transcript is ready, start the reply silently.
-
-        If the pause turns into the end of the turn, the reply is promoted and the caller hears it
-        about (silence_duration - speculate_after + ASR time) sooner; if the user speaks again,
-        it is dropped without a trace. Only the LLM/TTS work is spent.
-        """
-        transcript = (await asyncio.shield(speculation.task)).strip()
-        still_paused = self._speculation is speculation
-        policy = self.config.policy
-        if not (still_paused and transcript and policy.create_response and self._reply is None
-                and self._speculative is None and "audio" in self.config.output_modalities):
-            return
-        reply = self._new_reply(ev.ResponseParams())
-        reply.speculative = True
-        reply.pipeline.messages = [*self.conversation.chat_messages(reply.instructions),
-                                   ChatMessage("user", transcript)]
-        self._speculative = reply
-        reply.task = self._spawn(self._run_reply(reply), "speculative-reply")
-
-    def _drop_speculative_reply(self, reply: _Reply | None = None) -> None:
-        reply = reply or self._speculative
-        self._speculative = None
-        if reply is not None and not reply.public:
-            reply.cancel_reason = "speculation_dropped"
-            if reply.task is not None:
-                reply.task.cancel()
-
-    def _response_wire(self, reply: _Reply, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-        pipeline = reply.pipeline
-        return {
-            "id": reply.id, "object": "realtime.response", "status": status,
-            "status_details": details, "output": [pipeline.item.to_wire()] if reply.item_started else [],
-            "conversation_id": self.conversation.id, "output_modalities": list(reply.modalities),
-            "max_output_tokens": self.config.max_output_tokens, "metadata": reply.params.metadata,
-            "audio": {"output": {"format": self.config.output_format.to_wire(), "voice": self.config.voice}},
-            "usage": {"total_tokens": pipeline.timings.llm_tokens, "input_tokens": 0,
-                      "output_tokens": pipeline.timings.llm_tokens},
-        }
-
-    async def _run_reply(self, reply: _Reply) -> None:
-        pipeline = reply.pipeline
-        status: str = "completed"
-        details: dict[str, Any] | None = None
-        try:
-            if not reply.speculative:
-                self._announce_response(reply)
-                pipeline.messages = await self._history_for(reply)
-            async with asyncio.TaskGroup() as group:
-                # The pipeline starts thinking at once; it emits nothing until released.
-                group.create_task(pipeline.run())
-                await reply.promoted.wait()
-                if reply.speculative:
-                    self._announce_response(reply)
-                self._announce_item(reply)
-                pipeline.released.set()
-        except asyncio.CancelledError:
-            status, details = "cancelled", {"type": "cancelled", "reason": reply.cancel_reason}
-            raise
-        except Exception as exc:
-            errors = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
-            if not all(isinstance(e, EngineError) for e in errors):
-                log.error("session %s: reply %s failed", self.id, reply.id, exc_info=exc)
-            message = "; ".join(str(e) for e in errors)
-            status = "failed"
-            details = {"type": "failed",
-                       "error": {"type": "server_error", "code": "engine_error", "message": message}}
-            if reply.public:
-                self.emit(ev.error_event(ProtocolError(f"The response failed: {message}", code="engine_error",
-                                                       type="server_error")))
-        finally:
-            self._finish_reply(reply, status, details)
-
-    def _announce_response(self, reply: _Reply) -> None:
-        reply.public = True
-        self.emit(ev.server_event("response.created", response=self._response_wire(reply, "in_progress")))
-
-    async def _history_for(self, reply: _Reply) -> list[ChatMessage]:
-        params = reply.params
-        # The reply must see every user turn, so wait for transcriptions still running.
-        pending = list(self._transcriptions.values())
-        if pending:
-            await asyncio.wait([asyncio.shield(t) for t in pending])
-        if params.conversation == "none" and params.input is not None:
-            history = Conversation("oob")
-            for p in params.input:
-                text = p.content[0].text or p.content[0].transcript or ""
-                history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
-            return history.chat_messages(reply.instructions)
-        return self.conversation.chat_messages(reply.instructions)
-
-    def _announce_item(self, reply: _Reply) -> None:
-        pipeline = reply.pipeline
-        item = pipeline.item
-        if reply.params.conversation != "none":
-            previous = self.conversation.add(item)
-            self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-        reply.item_started = True
-        self.emit(ev.server_event("response.output_item.added", response_id=reply.id,
-                                  output_index=0, item=item.to_wire()))
-        part_key = "transcript" if pipeline.audio_out else "text"
-        self.emit(ev.server_event("response.content_part.added", content_index=0,
-                                  part={"type": "audio" if pipeline.audio_out else "text", part_key: ""},
-                                  **reply.ids()))
-
-    def _finish_reply(self, reply: _Reply, status: str, details: dict[str, Any] | None) -> None:
-        if reply.finished:
-            return
-        reply.finished = True
-        if self._speculative is reply:
-            self._speculative = None
-        if self._reply is reply:
-            self._reply = None
-            self.turns.reply_ended()
-        if not reply.public:  # never announced (a dropped speculation): nobody knows it existed
-            return
-        pipeline = reply.pipeline
-        item = pipeline.item
-        if status == "cancelled" and item.content_type == "output_audio" and item.id in self.conversation:
-            # Keep in history only what the listener can have heard by the cut.
-            self.conversation.truncate(item.id, min(item.audio_ms, reply.clock.played_ms(reply.cut_at)))
-        item.status = "completed" if status == "completed" else "incomplete"
-        item.text = (item.text or "").strip()
-        if status == "completed":
-            item.llm_text = pipeline.full_text.strip() or None
-        if reply.item_started:
-            if item.id in self.conversation:
-                self.conversation.notify("updated", item)
-            content = {"content_index": 0, **reply.ids()}
-            if pipeline.audio_out is not None:
-                self.emit(ev.server_event("response.output_audio.done", **content))
-                self.emit(ev.server_event("response.output_audio_transcript.done", transcript=item.text, **content))
-                part = {"type": "audio", "transcript": item.text}
-            else:
-                self.emit(ev.server_event("response.output_text.done", text=item.text, **content))
-                part = {"type": "text", "text": item.text}
-            self.emit(ev.server_event("response.content_part.done", part=part, **content))
-            self.emit(ev.server_event("response.output_item.done", response_id=reply.id,
-                                      output_index=0, item=item.to_wire()))
-            if item.id in self.conversation:
-                self.emit(ev.server_event("conversation.item.done",
-                                          previous_item_id=self.conversation.previous_id(item.id),
-                                          item=item.to_wire()))
-        wire = self._response_wire(reply, status, details)
-        metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
-                   "speculative": reply.speculative}
-        wire["metrics"] = metrics  # voicebot extension: where the time went (demo page, benchmarks)
-        self.metrics.append(metrics)
-        del self.metrics[:-20]
-        self.emit(ev.server_event("response.done", response=wire))
-
-    def _interrupt(self, reason: str = "turn_detected") -> None:
-        """Barge-in / response.cancel: the reply ends *now*, in this very step.
-
-        ``response.done`` (cancelled) is emitted before returning and the task is cancelled in the
-        same step, so no audio can follow, and the client never waits for engine cleanup (an LLM
-        still evaluating a long prompt only notices its stop flag at the next token). The task
-        keeps ownership of that cleanup and the session's ``close()`` still awaits it.
-        """
-        reply = self._reply
-        if reply is None:
-            return
-        reply.cut_at = time.monotonic()
-        reply.cancel_reason = reason
-        if reply.task is not None:
-            reply.task.cancel()
-        self._finish_reply(reply, "cancelled", {"type": "cancelled", "reason": reason})
-

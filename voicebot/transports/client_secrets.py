@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from voicebot.auth import bearer, origin_allowed
 from voicebot.core import events as ev
-from voicebot.session import SessionConfig
+from voicebot.session_config import SessionConfig
 
 if TYPE_CHECKING:
     from voicebot.server import AppState

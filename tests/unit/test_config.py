@@ -1,0 +1,49 @@
+"""Settings from flags and VOICEBOT_* variables, and the CLI a stranger reads first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from voicebot import config
+from voicebot.__main__ import build_parser
+
+
+def parse(*argv: str, env: dict[str, str] | None = None) -> config.Settings:
+    args = build_parser().parse_args(["serve", *argv])
+    return config.from_args(args, env or {})
+
+
+def test_defaults_env_and_flag_precedence() -> None:
+    assert parse().port == 8000
+    assert parse(env={"VOICEBOT_PORT": "9000"}).port == 9000
+    assert parse("--port", "9100", env={"VOICEBOT_PORT": "9000"}).port == 9100
+
+
+def test_repeatable_keys_from_flags_or_comma_separated_env() -> None:
+    assert parse("--api-key", "a", "--api-key", "b").api_keys == ("a", "b")
+    assert parse("--api-keys", "a").api_keys == ("a",)
+    assert parse(env={"VOICEBOT_API_KEYS": "a, b,,c"}).api_keys == ("a", "b", "c")
+    assert parse().auth_required is False
+
+
+def test_booleans_can_be_turned_off_from_flag_and_env() -> None:
+    assert parse().speculative_replies is True
+    assert parse("--no-speculative-replies").speculative_replies is False
+    assert parse(env={"VOICEBOT_SPECULATIVE_REPLIES": "false"}).speculative_replies is False
+    assert parse("--speculative-replies", env={"VOICEBOT_SPECULATIVE_REPLIES": "0"}).speculative_replies is True
+
+
+def test_bad_choice_is_refused_with_usage() -> None:
+    with pytest.raises(SystemExit):
+        parse("--asr-model", "large")
+
+
+def test_help_lists_every_setting_with_its_env_var() -> None:
+    out = subprocess.run([sys.executable, "-m", "voicebot", "serve", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for f in config.Settings.__dataclass_fields__:
+        assert f"VOICEBOT_{f.upper()}" in out  # argparse wraps at spaces, never inside a name
+    assert "--api-key" in out and "--no-speculative-replies" in out

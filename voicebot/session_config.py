@@ -1,0 +1,147 @@
+"""What a client can configure with ``session.update``, and how it looks on the wire.
+
+Pure functions over a frozen :class:`SessionConfig`: parsing a GA (or beta-shaped) update into a
+new config, and rendering the config as the ``session`` object of ``session.created/updated``.
+Every invalid value becomes a :class:`ProtocolError` naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from voicebot.core import events as ev
+from voicebot.core.audio import AudioFormat
+from voicebot.core.endpoint import EndpointConfig
+from voicebot.core.turns import TurnPolicy
+from voicebot.errors import ProtocolError
+
+PCM24K = AudioFormat("pcm16", 24_000)
+#: semantic_vad has no semantic model here; its eagerness maps to an end-of-turn silence.
+SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
+Modality = Literal["audio", "text"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """What a client can change with ``session.update``."""
+
+    instructions: str
+    output_modalities: tuple[Modality, ...] = ("audio",)
+    input_format: AudioFormat = PCM24K
+    output_format: AudioFormat = PCM24K
+    transcription: dict[str, Any] | None = field(default_factory=lambda: {"model": "whisper", "language": None})
+    vad: EndpointConfig | None = field(default_factory=EndpointConfig)
+    policy: TurnPolicy = field(default_factory=TurnPolicy)
+    vad_type: str = "server_vad"
+    voice: str = "joe"
+    speed: float = 1.0
+    max_output_tokens: int | Literal["inf"] = "inf"
+    temperature: float | None = None
+
+    def turn_detection_wire(self) -> dict[str, Any] | None:
+        if self.vad is None:
+            return None
+        return {
+            "type": self.vad_type,
+            "threshold": self.vad.threshold,
+            "prefix_padding_ms": self.vad.prefix_padding_ms,
+            "silence_duration_ms": self.vad.silence_duration_ms,
+            "create_response": self.policy.create_response,
+            "interrupt_response": self.policy.interrupt_response,
+            "idle_timeout_ms": None,
+        }
+
+
+def session_wire(c: SessionConfig, session_id: str, model: str) -> dict[str, Any]:
+    """The GA ``session`` object of ``session.created`` / ``session.updated``."""
+    return {
+        "type": "realtime",
+        "object": "realtime.session",
+        "id": session_id,
+        "model": model,
+        "output_modalities": list(c.output_modalities),
+        "instructions": c.instructions,
+        "audio": {
+            "input": {
+                "format": c.input_format.to_wire(),
+                "transcription": c.transcription,
+                "turn_detection": c.turn_detection_wire(),
+                "noise_reduction": None,
+            },
+            "output": {"format": c.output_format.to_wire(), "voice": c.voice, "speed": c.speed},
+        },
+        "max_output_tokens": c.max_output_tokens,
+        "tools": [],
+        "tool_choice": "auto",
+        "tracing": None,
+        "truncation": "auto",
+        "prompt": None,
+        "include": None,
+    }
+
+
+def apply_update(c: SessionConfig, s: ev.SessionConfig, event_id: str | None) -> SessionConfig:
+    """The config after a ``session.update`` (fields not mentioned keep their values)."""
+    changes: dict[str, Any] = {}
+    if s.instructions is not None:
+        changes["instructions"] = s.instructions
+    modalities = s.output_modalities or s.modalities
+    if modalities:
+        if len(set(modalities)) > 1:
+            raise ProtocolError("output_modalities must be ['audio'] or ['text'], not both.",
+                                param="session.output_modalities", event_id=event_id)
+        changes["output_modalities"] = tuple(dict.fromkeys(modalities))
+    audio_in = s.audio.input if s.audio else None
+    audio_out = s.audio.output if s.audio else None
+    in_fmt = audio_in.format if audio_in and audio_in.format is not None else s.input_audio_format
+    out_fmt = audio_out.format if audio_out and audio_out.format is not None else s.output_audio_format
+    if in_fmt is not None:
+        changes["input_format"] = _parse_format(in_fmt, "session.audio.input.format", event_id)
+    if out_fmt is not None:
+        changes["output_format"] = _parse_format(out_fmt, "session.audio.output.format", event_id)
+    fields_set = audio_in.model_fields_set if audio_in else set()
+    if "transcription" in fields_set or "input_audio_transcription" in s.model_fields_set:
+        t = audio_in.transcription if audio_in and "transcription" in fields_set else s.input_audio_transcription
+        changes["transcription"] = None if t is None else {"model": t.model or "whisper", "language": t.language}
+    if "turn_detection" in fields_set or "turn_detection" in s.model_fields_set:
+        td = audio_in.turn_detection if audio_in and "turn_detection" in fields_set else s.turn_detection
+        changes.update(_turn_detection(td, c))
+    voice = audio_out.voice if audio_out and audio_out.voice else s.voice
+    if voice:
+        changes["voice"] = voice
+    if audio_out and audio_out.speed is not None:
+        changes["speed"] = audio_out.speed
+    max_tokens = s.max_output_tokens if s.max_output_tokens is not None else s.max_response_output_tokens
+    if max_tokens is not None:
+        changes["max_output_tokens"] = max_tokens
+    if s.temperature is not None:
+        changes["temperature"] = s.temperature
+    return replace(c, **changes)
+
+
+def _parse_format(value: object, param: str, event_id: str | None) -> AudioFormat:
+    try:
+        return AudioFormat.parse(value)
+    except Exception as exc:
+        raise ProtocolError(str(exc), param=param, event_id=event_id) from None
+
+
+def _turn_detection(td: ev.TurnDetection | None, c: SessionConfig) -> dict[str, Any]:
+    if td is None:
+        return {"vad": None}
+    base = c.vad or EndpointConfig()
+    silence = td.silence_duration_ms
+    if td.type == "semantic_vad":
+        silence = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
+    vad = replace(
+        base,
+        threshold=td.threshold if td.threshold is not None else base.threshold,
+        prefix_padding_ms=td.prefix_padding_ms if td.prefix_padding_ms is not None else base.prefix_padding_ms,
+        silence_duration_ms=silence if silence is not None else base.silence_duration_ms,
+    )
+    policy = TurnPolicy(
+        create_response=td.create_response if td.create_response is not None else True,
+        interrupt_response=td.interrupt_response if td.interrupt_response is not None else True,
+    )
+    return {"vad": vad, "policy": policy, "vad_type": td.type}
