@@ -14,6 +14,10 @@ from voicebot.engines.llm_llamacpp import LlamaCppModel
 from voicebot.engines.llm_openai import OpenAIChatModel
 from voicebot.errors import EngineError
 
+#: The tiny model has random weights: it may sample end-of-sequence as its very first token.
+#: llama-server's ``ignore_eos`` (passed through extra_body) makes every run produce tokens.
+NEVER_STOP = {"ignore_eos": True}
+
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
@@ -25,7 +29,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
 
 async def test_streams_from_a_compatible_server(endpoint: tuple[str, str]) -> None:
     url, key = endpoint
-    llm = OpenAIChatModel(url, "tiny", key)
+    llm = OpenAIChatModel(url, "tiny", key, extra_body=NEVER_STOP)
     pieces = [p async for p in llm.stream(user_messages("hello"), max_tokens=10, temperature=0.5)]
     assert pieces and all(pieces)
     await llm.aclose()
@@ -33,7 +37,7 @@ async def test_streams_from_a_compatible_server(endpoint: tuple[str, str]) -> No
 
 async def test_early_close_closes_the_http_stream(endpoint: tuple[str, str]) -> None:
     url, key = endpoint
-    llm = OpenAIChatModel(url, "tiny", key)
+    llm = OpenAIChatModel(url, "tiny", key, extra_body=NEVER_STOP)
     it = llm.stream(user_messages("hello"), max_tokens=5000, temperature=1.0)
     assert await anext(it)
     await it.aclose()

@@ -8,7 +8,7 @@ so the session can report a protocol ``error`` event instead of a traceback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import openai
@@ -21,8 +21,12 @@ from voicebot.errors import EngineError
 class OpenAIChatModel:
     """Implements :class:`voicebot.engines.base.LanguageModel` with the official AsyncOpenAI client."""
 
-    def __init__(self, base_url: str, model: str, api_key: str = "", *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str = "", *, timeout: float = 30.0,
+                 extra_body: Mapping[str, Any] | None = None) -> None:
+        """``extra_body``: server-specific request fields (e.g. llama-server's ``ignore_eos``, vLLM's
+        ``top_k``) sent with every request, the way the ``openai`` client's ``extra_body`` does."""
         self.base_url = base_url
+        self._extra_body = dict(extra_body or {})
         self.name = model or "default"
         self._model = model or "default"
         # The client requires a key; local servers ignore it.
@@ -41,6 +45,7 @@ class OpenAIChatModel:
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
+                extra_body=self._extra_body or None,
             )
         except openai.OpenAIError as exc:
             raise EngineError(self._describe(exc)) from exc
