@@ -16,8 +16,9 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import scaled
-from tests.e2e.sse_support import KEY, ThreadServer, auth
+from tests.e2e.sse_support import KEY, auth
 from tests.session.fakes import SlowLlm
+from tests.thread_server import ThreadServer
 
 USER = [{"role": "user", "content": "Hello!"}]
 

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.sse_support import KEY, SseEvent, ThreadServer, auth, sse_events
+from tests.e2e.sse_support import KEY, SseEvent, auth, sse_events
 from tests.session.fakes import SlowLlm
+from tests.thread_server import ThreadServer
 
 
 @pytest.fixture(scope="module")

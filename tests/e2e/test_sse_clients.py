@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, scaled
-from tests.e2e.sse_support import KEY, ThreadServer, auth
+from tests.e2e.sse_support import KEY, auth
 from tests.session.fakes import SlowLlm
+from tests.thread_server import ThreadServer
 
 JS_DIR = ROOT / "tests" / "js"
 CHROMIUM = "/usr/bin/chromium"

@@ -18,10 +18,11 @@ import pytest
 import websockets
 
 from tests.conftest import API_KEY, ServerProcess, scaled
-from tests.e2e.sse_support import KEY, SseEvent, ThreadServer, auth, sse_events
+from tests.e2e.sse_support import KEY, SseEvent, auth, sse_events
 from tests.realtime_client import Microphone, Recorder, client, receive_into, silence24k, to_pcm24k
 from tests.session.fakes import SlowLlm, silence, tone
 from tests.speech import utterance
+from tests.thread_server import ThreadServer
 
 
 async def until(stream: AsyncIterator[SseEvent], predicate: Any, into: list[SseEvent], timeout: float) -> None:

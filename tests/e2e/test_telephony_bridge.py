@@ -23,8 +23,8 @@ from websockets.exceptions import InvalidStatus
 
 from scripts.phone_sim import PhoneCall, call, to_ulaw
 from tests.conftest import scaled
-from tests.e2e.test_ws_protocol import ThreadServer
 from tests.session.fakes import tone
+from tests.thread_server import ThreadServer
 from voicebot.core.conversation import Conversation
 from voicebot.transports.telephony import CALL_LOG, CallStats
 from voicebot.transports.twiml import twilio_signature

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, scaled
-from tests.e2e.test_ws_protocol import ThreadServer
 from tests.rtc_client import RATE, RtcClient, frame_rms
 from tests.session.fakes import tone
+from tests.thread_server import ThreadServer
 from voicebot.transports.webrtc import CallRegistry
 
 KEY = "rtc-key"

@@ -8,60 +8,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import free_port
-from tests.session.fakes import SlowLlm, ToneTts, fake_engines, silence, tone
-from voicebot.config import from_env
-from voicebot.server import AppState, create_app
+from tests.session.fakes import silence, tone
+from tests.thread_server import ThreadServer
 
 KEY = "sekret"
 LIMIT = 256 * 1024
-
-
-class ThreadServer:
-    def __init__(self, **settings: Any) -> None:
-        self.llm = SlowLlm(delay=0.05)
-        self.port = free_port()
-        self.settings = from_env({}, host="127.0.0.1", port=self.port, **settings)
-        self.app = create_app(self.settings, engines=fake_engines(llm=self.llm, tts=ToneTts(ms_per_char=20)))
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws_max_size=self.settings.max_message_bytes * 2 + 1024)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=voicebot"
-
-    @property
-    def state(self) -> AppState:
-        state: AppState = self.app.state.voicebot
-        return state
 
 
 @pytest.fixture(scope="module")
