@@ -143,6 +143,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+async def drive(base: str, key: str, utterances: list[np.ndarray], turns: int, barge_ins: int,
+                instructions: str, results: dict[str, list[float]], rec: Recorder, label: str = "") -> None:
+    """One Realtime session through the SDK: ``turns`` polite turns, then ``barge_ins`` interruptions."""
+    async with client(base, key).realtime.connect(model="voicebot") as conn:
+        receiver = asyncio.create_task(receive_into(conn, rec))
+        await conn.session.update(session={"type": "realtime", "instructions": instructions,
+                                           "audio": {"input": {"transcription": {"model": "whisper"}}}})
+        mic = Microphone(conn)
+        sender = asyncio.create_task(mic.run())
+        mic.say(silence24k(500))
+        try:
+            for i in range(turns):
+                print(f"{label}turn {i + 1}/{turns}", flush=True)
+                await one_turn(conn, rec, mic, utterances[i % len(utterances)], results)
+            for i in range(barge_ins):
+                print(f"{label}barge-in {i + 1}/{barge_ins}", flush=True)
+                await one_barge_in(conn, rec, mic, utterances[i % len(utterances)],
+                                   utterances[(i + 3) % len(utterances)], results)
+        finally:
+            sender.cancel()
+            receiver.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="An already running server (http://host:port); default: start one")
@@ -168,34 +192,16 @@ async def main() -> None:
         "barge_in_last_delta_20db")}
     long_answers = ("You are a helpful voice assistant. Answer in three or four full sentences, "
                     "with no lists and no markdown.")
+    rec = Recorder()
     try:
-        async with client(base, key).realtime.connect(model="voicebot") as conn:
-            rec = Recorder()
-            receiver = asyncio.create_task(receive_into(conn, rec))
-            await conn.session.update(session={"type": "realtime", "instructions": long_answers,
-                                               "audio": {"input": {"transcription": {"model": "whisper"}}}})
-            mic = Microphone(conn)
-            sender = asyncio.create_task(mic.run())
-            mic.say(silence24k(500))
-            try:
-                for i in range(args.turns):
-                    print(f"turn {i + 1}/{args.turns}", flush=True)
-                    await one_turn(conn, rec, mic, utterances[i % len(utterances)], results)
-                for i in range(args.barge_ins):
-                    print(f"barge-in {i + 1}/{args.barge_ins}", flush=True)
-                    await one_barge_in(conn, rec, mic, utterances[i % len(utterances)],
-                                       utterances[(i + 3) % len(utterances)], results)
-            finally:
-                sender.cancel()
-                receiver.cancel()
-                await asyncio.gather(sender, receiver, return_exceptions=True)
-                if args.dump:
-                    with args.dump.open("w") as out:
-                        for t, e in rec.events:
-                            if e["type"] == "response.output_audio.delta":
-                                e = {k: v for k, v in e.items() if k != "delta"}
-                            out.write(json.dumps({"t": round(t, 4), **e}) + "\n")
+        await drive(base, key, utterances, args.turns, args.barge_ins, long_answers, results, rec)
     finally:
+        if args.dump:
+            with args.dump.open("w") as out:
+                for t, e in rec.events:
+                    if e["type"] == "response.output_audio.delta":
+                        e = {k: v for k, v in e.items() if k != "delta"}
+                    out.write(json.dumps({"t": round(t, 4), **e}) + "\n")
         if server is not None:
             print(f"server RSS after the run: {rss_mb(server.process.pid):.0f} MB", flush=True)
             stop_server(server)

@@ -32,15 +32,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_latency import (
-    one_barge_in,
-    one_turn,
-    row,
-    speech_bounds_ms,
-)
+from scripts.bench_latency import drive, row, speech_bounds_ms
 from scripts.phone_sim import call, to_ulaw
 from tests.conftest import start_server, stop_server
-from tests.realtime_client import Microphone, Recorder, client, receive_into, silence24k
+from tests.realtime_client import Recorder
 from tests.speech import cards, librivox, normalize, wer
 
 KEY = "bench-key"
@@ -117,24 +112,7 @@ async def websocket_runs(base: str, utterances: list[np.ndarray], args: argparse
     ws: dict[str, list[float]] = {k: [] for k in ("voice_to_voice", "endpointing", "asr", "llm_first_token",
                                                   "first_tts_audio", "barge_in_detect", "barge_in_cancelled",
                                                   "barge_in_last_delta")}
-    async with client(base, KEY).realtime.connect(model="voicebot") as conn:
-        rec = Recorder()
-        receiver = asyncio.create_task(receive_into(conn, rec))
-        await conn.session.update(session={"type": "realtime", "instructions": LONG_ANSWERS,
-                                           "audio": {"input": {"transcription": {"model": "whisper"}}}})
-        mic = Microphone(conn)
-        sender = asyncio.create_task(mic.run())
-        mic.say(silence24k(500))
-        for i in range(args.turns):
-            print(f"websocket turn {i + 1}/{args.turns}", flush=True)
-            await one_turn(conn, rec, mic, utterances[i % len(utterances)], ws)
-        for i in range(args.barge_ins):
-            print(f"websocket barge-in {i + 1}/{args.barge_ins}", flush=True)
-            await one_barge_in(conn, rec, mic, utterances[i % len(utterances)],
-                               utterances[(i + 3) % len(utterances)], ws)
-        sender.cancel()
-        receiver.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+    await drive(base, KEY, utterances, args.turns, args.barge_ins, LONG_ANSWERS, ws, Recorder(), "websocket ")
     results["websocket voice-to-voice (first delta)"] = ws["voice_to_voice"]
     results["websocket barge-in: onset -> speech_started"] = ws["barge_in_detect"]
     results["websocket barge-in: onset -> last delta"] = ws["barge_in_last_delta"]

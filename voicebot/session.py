@@ -49,7 +49,6 @@ MAX_MANUAL_BUFFER_MS = 15 * 60 * 1000
 class _Speculation:
     """A transcription started at a pause, reused if the user does not speak again."""
 
-    upto_ms: float
     task: asyncio.Task[str]
 
 
@@ -264,7 +263,7 @@ class Session:
     def _speculate(self, end_ms: float) -> None:
         audio = self._speech_audio()
         task = self.spawn(self._transcribe(audio), "speculative-asr")
-        self.speculation = _Speculation(end_ms, task)
+        self.speculation = _Speculation(task)
         if self.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
 
