@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicebot.engines.base import ENGINE_RATE, Int16Array
+from voicebot.core.types import ENGINE_RATE, Int16Array
 
 _SAMPLES_PER_MS = ENGINE_RATE / 1000
 

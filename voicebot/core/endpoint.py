@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from voicebot.engines.base import VadScores
+from voicebot.core.types import VadScores
 from voicebot.errors import VoicebotError
 
 

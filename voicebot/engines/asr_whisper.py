@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import WhisperModel
 
-from voicebot.engines.base import Float32Array
+from voicebot.core.types import Float32Array
 
 log = logging.getLogger(__name__)
 

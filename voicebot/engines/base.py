@@ -13,26 +13,11 @@ consuming task is cancelled.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-Int16Array = npt.NDArray[np.int16]
-Float32Array = npt.NDArray[np.float32]
-
-#: Sample rate of everything that goes into the VAD and the ASR.
-ENGINE_RATE = 16_000
-
-
-@dataclass(frozen=True, slots=True)
-class VadScores:
-    """One VAD hop (``VoiceActivityDetector.hop_samples`` samples at 16 kHz)."""
-
-    fast: bool  # webrtcvad: cheap, instant onset, fooled by noise
-    prob: float  # silero: speech probability in [0, 1], robust to noise
+from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
 
 
 class VoiceActivityDetector(Protocol):
@@ -61,15 +46,6 @@ class SpeechRecognizer(Protocol):
     def transcribe(self, audio: Float32Array, language: str | None = None) -> str: ...
 
 
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True, slots=True)
-class ChatMessage:
-    role: Role
-    content: str
-
-
 class LanguageModel(Protocol):
     """Streams the assistant's reply token by token (text pieces, not ids)."""
 
@@ -77,11 +53,11 @@ class LanguageModel(Protocol):
 
     def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
-        """An async iterator of text pieces.
+    ) -> AsyncGenerator[str, None]:
+        """An async generator of text pieces.
 
-        Closing the iterator (``aclose``) or cancelling the task that iterates it
-        must stop generation at once, including work in worker threads.
+        Closing it (``aclose``, e.g. through ``contextlib.aclosing``) or cancelling the task
+        that iterates it must stop generation at once, including work in worker threads.
         """
         ...
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import xllamacpp
 
-from voicebot.engines.base import ChatMessage
+from voicebot.core.types import ChatMessage
 from voicebot.engines.threadstream import thread_stream
 from voicebot.errors import EngineError, ModelError
 
@@ -85,7 +85,7 @@ class LlamaCppModel:
 
     def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         request = self._request(messages, max_tokens, temperature)
         return thread_stream(lambda emit, stop: self._generate(request, emit, stop))
 

@@ -8,13 +8,13 @@ so the session can report a protocol ``error`` event instead of a traceback.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import openai
 from openai import AsyncOpenAI
 
-from voicebot.engines.base import ChatMessage
+from voicebot.core.types import ChatMessage
 from voicebot.errors import EngineError
 
 
@@ -36,7 +36,7 @@ class OpenAIChatModel:
 
     async def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
         try:
             response = await self._client.chat.completions.create(

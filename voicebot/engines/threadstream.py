@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from voicebot.errors import EngineError, VoicebotError
@@ -27,7 +27,7 @@ class _End:
     error: BaseException | None = None
 
 
-async def thread_stream(producer: Producer, *, name: str = "voicebot-llm") -> AsyncIterator[str]:
+async def thread_stream(producer: Producer, *, name: str = "voicebot-llm") -> AsyncGenerator[str, None]:
     """Run ``producer`` in a new thread and yield its pieces as they arrive."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | _End] = asyncio.Queue()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from piper import PiperVoice, SynthesisConfig
 
-from voicebot.engines.base import Int16Array
+from voicebot.core.types import Int16Array
 
 HEADROOM = 0.9
 

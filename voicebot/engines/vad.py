@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voicebot.engines.base import Float32Array, VadFactory, VadScores, VoiceActivityDetector
+from voicebot.core.types import Float32Array, VadScores
+from voicebot.engines.base import VadFactory, VoiceActivityDetector
 from voicebot.engines.vad_silero import HOP_SAMPLES, SileroVad, shared_session
 from voicebot.engines.vad_webrtc import DEFAULT_AGGRESSIVENESS, WebRtcVad
 from voicebot.models import silero_vad_path

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from voicebot.engines.base import Float32Array
+from voicebot.core.types import Float32Array
 
 HOP_SAMPLES = 512
 CONTEXT_SAMPLES = 64

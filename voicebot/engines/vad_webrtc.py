@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import webrtcvad
 
-from voicebot.engines.base import ENGINE_RATE, Float32Array
+from voicebot.core.types import ENGINE_RATE, Float32Array
 
 #: webrtcvad accepts only 10/20/30 ms frames; we score the first 30 ms of each 32 ms hop.
 FRAME_SAMPLES = 480
