@@ -15,8 +15,8 @@ from tests.conftest import free_port
 from tests.session.fakes import SlowLlm, ToneTts, fake_engines
 from voicebot.config import from_env
 from voicebot.conversations import ConversationHub
-from voicebot.server import AppState, create_app
-from voicebot.transports.sse import hub_of
+from voicebot.server import create_app
+from voicebot.state import AppState
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ class ThreadServer:
 
     @property
     def hub(self) -> ConversationHub:
-        return hub_of(self.state)
+        return self.state.hub
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the server's event loop (the hub is not thread-safe) and return its result."""

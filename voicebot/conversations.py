@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -29,8 +28,10 @@ from voicebot.core import events as ev
 from voicebot.core.conversation import Conversation, Item
 from voicebot.core.sse import EventLog, LogEntry, sse_frame
 from voicebot.engines.base import Engines
-from voicebot.errors import VoicebotError
+from voicebot.errors import HttpError
 from voicebot.session import Session
+from voicebot.session_config import SessionConfig
+from voicebot.sink import NullSink
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 MAX_WAIT_FOR_IDLE_S = 120.0
 
 
-class ConversationLimitError(VoicebotError):
-    """Too many conversations are held in memory."""
+def conversation_not_found(conversation_id: str) -> HttpError:
+    """The one answer, on every transport, to a conversation id that does not exist."""
+    return HttpError(404, f"Conversation '{conversation_id}' does not exist.", "conversation_not_found")
 
 
 # --- listeners --------------------------------------------------------------------------------------
@@ -237,23 +239,19 @@ class SharedConversation:
 
     # --- text replies --------------------------------------------------------------------------
 
-    async def _responder_session(self) -> Session:
+    def _responder_session(self) -> Session:
         if self._responder is None:
-            # emit is a no-op: the session's events reach us through conversation.publish.
-            session = Session(self.engines, self.settings, lambda _event: None, conversation=self.conversation)
-            await session.handle_raw(json.dumps({"type": "session.update", "session": {
-                "type": "realtime", "output_modalities": ["text"],
-                "audio": {"input": {"turn_detection": None, "transcription": None}}}}))
-            self._responder = session
+            # A headless text session: its events reach the listeners through conversation.publish.
+            config = SessionConfig(instructions=self.conversation.instructions or self.settings.instructions,
+                                   output_modalities=("text",), transcription=None, vad=None)
+            self._responder = Session(self.engines, self.settings, NullSink(), conversation=self.conversation,
+                                      config=config)
         return self._responder
 
-    async def post_text(self, text: str) -> dict[str, Any]:
+    def post_text(self, text: str) -> dict[str, Any]:
         """Add a user text message and make sure a reply to it follows."""
-        session = await self._responder_session()
-        item_id = ev.new_id("item")
-        await session.handle_raw(json.dumps({"type": "conversation.item.create", "item": {
-            "id": item_id, "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}))
-        item = self.conversation.get(item_id)
+        session = self._responder_session()
+        item = session.add_user_text(text)
         self._want_reply = True
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._reply_loop(session), name=f"{self.id}:replies")
@@ -274,7 +272,7 @@ class SharedConversation:
         while self._want_reply:
             await self._wait_idle(session)
             self._want_reply = False
-            await session.handle_raw('{"type":"response.create"}')
+            session.create_response()
             await self._wait_idle(session)
 
     async def close(self) -> None:
@@ -292,26 +290,31 @@ class SharedConversation:
 
 
 class ConversationHub:
-    """Every shared conversation of the process; registers them where voice sessions look them up."""
+    """Every shared conversation of the process: created over HTTP, attached to by voice sessions."""
 
-    def __init__(self, settings: Settings, engines: Engines, registry: dict[str, Conversation]) -> None:
+    def __init__(self, settings: Settings, engines: Engines) -> None:
         self.settings = settings
         self.engines = engines
-        self.registry = registry
         self._conversations: dict[str, SharedConversation] = {}
 
     def create(self, instructions: str | None = None) -> SharedConversation:
         if len(self._conversations) >= self.settings.max_conversations:
-            raise ConversationLimitError(
-                f"This server holds its maximum of {self.settings.max_conversations} conversations.")
+            raise HttpError(429, f"This server holds its maximum of {self.settings.max_conversations} "
+                            "conversations.", "too_many_conversations")
         conversation = Conversation(ev.new_id("conv"), instructions)
         shared = SharedConversation(conversation, self.settings, self.engines)
         self._conversations[conversation.id] = shared
-        self.registry[conversation.id] = conversation
         return shared
 
-    def get(self, conversation_id: str) -> SharedConversation | None:
-        return self._conversations.get(conversation_id)
+    def get(self, conversation_id: str) -> SharedConversation:
+        """The conversation, or the 404 every transport answers for an unknown id."""
+        shared = self._conversations.get(conversation_id)
+        if shared is None:
+            raise conversation_not_found(conversation_id)
+        return shared
+
+    def __len__(self) -> int:
+        return len(self._conversations)
 
     @property
     def listener_count(self) -> int:
@@ -320,5 +323,4 @@ class ConversationHub:
     async def close(self) -> None:
         for shared in list(self._conversations.values()):
             await shared.close()
-            self.registry.pop(shared.id, None)
         self._conversations.clear()

@@ -1,10 +1,17 @@
-"""One exception root for the whole project.
+"""One exception root for the whole project, and the one shape of every error a client sees.
 
 Everything voicebot raises on purpose derives from :class:`VoicebotError`, so callers (the
 server, the CLI) can tell "our error, with a message meant for a person" from a bug.
+
+Errors meant for a client carry the OpenAI error object (``type``, ``code``, ``message``,
+``param``): :class:`ProtocolError` becomes a Realtime ``error`` event, :class:`HttpError` an HTTP
+status with ``{"error": {...}}``. :meth:`ProtocolError.payload` is the only place that object is
+built, so SDKs surface the same fields whichever way the error travels.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class VoicebotError(Exception):
@@ -20,7 +27,7 @@ class EngineError(VoicebotError):
 
 
 class ProtocolError(VoicebotError):
-    """A client event that cannot be honoured; becomes a Realtime ``error`` event, never a crash.
+    """A client request that cannot be honoured; becomes an ``error`` event, never a crash.
 
     ``code`` and ``param`` follow the OpenAI error shape so SDKs surface them unchanged.
     """
@@ -40,3 +47,26 @@ class ProtocolError(VoicebotError):
         self.param = param
         self.event_id = event_id
         self.type = type
+
+    def payload(self) -> dict[str, Any]:
+        """The OpenAI error object (a Realtime ``error`` event's ``error`` field)."""
+        return {"type": self.type, "code": self.code, "message": self.message, "param": self.param,
+                "event_id": self.event_id}
+
+
+class HttpError(ProtocolError):
+    """An HTTP request (or WebSocket handshake) refused with ``status`` and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 type: str = "invalid_request_error", **extra: Any) -> None:
+        super().__init__(message, code=code, param=param, type=type)
+        self.status = status
+        self.extra = extra  # further top-level fields of the body (e.g. the demo page's auth_required)
+
+    def payload(self) -> dict[str, Any]:
+        payload = super().payload()
+        del payload["event_id"]  # HTTP errors answer a request, not an event
+        return payload
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.payload(), **self.extra}

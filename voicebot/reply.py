@@ -3,14 +3,19 @@
 The three stages run concurrently in one TaskGroup so the first clause is spoken while the LLM
 is still writing the rest. Cancelling the task that awaits :meth:`ReplyPipeline.run` cancels
 every stage at once: the LLM iterator is closed (its engine stops generating within a token),
-queued clauses and audio are dropped, and no audio event is emitted after the cancellation.
+queued clauses and audio are dropped, and no audio reaches the sink after the cancellation.
+
+Audio leaves through the transport's :class:`~voicebot.sink.OutputSink` in chunks of the sink's
+``chunk_ms``, each sent only when the session's playout clock allows it (no more than
+``lead_ms`` queued at the listener): the one place output is paced, whatever the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +24,10 @@ from voicebot.core.chunker import SpeechChunker
 from voicebot.core.conversation import Item
 from voicebot.core.events import ServerEvent, server_event
 from voicebot.core.playout import PlayoutClock
-from voicebot.engines.base import ChatMessage, Engines, Int16Array
+from voicebot.core.types import ChatMessage, Int16Array
+from voicebot.engines.base import Engines
+from voicebot.sink import AudioChunk, OutputSink
 
-#: Audio deltas are cut to this length: short enough that a cancel stops output almost at once,
-#: long enough that per-event overhead stays negligible.
-DELTA_MS = 100
 #: The first chunk is spoken after this many words even if no comma came yet: the caller hears
 #: the answer start ~0.5 s sooner on a CPU LLM, at the cost of a slightly early first pause.
 FIRST_CHUNK_MAX_WORDS = 4
@@ -56,13 +60,25 @@ class ReplyTimings:
 
 
 @dataclass
+class AudioOut:
+    """Where a reply's audio goes: the transport's sink, paced on the session's playout clock."""
+
+    sink: OutputSink
+    clock: PlayoutClock
+    converter: OutputAudio  # TTS rate -> the sink's (or the session's) output format
+
+    @property
+    def chunk_samples(self) -> int:
+        return max(1, round(self.converter.fmt.rate * self.sink.chunk_ms / 1000))
+
+
+@dataclass
 class ReplyPipeline:
     response_id: str
     item: Item
     engines: Engines
     messages: Sequence[ChatMessage]
-    audio_out: OutputAudio | None  # None = text-only reply
-    clock: PlayoutClock
+    audio_out: AudioOut | None  # None = text-only reply
     emit: Callable[[ServerEvent], None]
     max_tokens: int
     temperature: float
@@ -72,6 +88,8 @@ class ReplyPipeline:
     #: nothing (a speculative reply waiting for the end of the user's turn).
     released: asyncio.Event = field(default_factory=asyncio.Event)
     full_text: str = ""  # everything the LLM wrote (the item keeps only what was spoken)
+    #: Where this reply's audio begins on the playout clock's timeline (set by the first chunk).
+    audio_start_ms: float | None = None
 
     def _ids(self) -> dict[str, Any]:
         return {"response_id": self.response_id, "item_id": self.item.id, "output_index": 0,
@@ -88,19 +106,16 @@ class ReplyPipeline:
             group.create_task(self._synthesize(clauses, audio))
             group.create_task(self._send(audio))
 
-    async def _tokens(self) -> Any:
-        stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
-                                         temperature=self.temperature)
-        try:
+    async def _tokens(self) -> AsyncGenerator[str, None]:
+        # Closing the engine's generator is what stops generation (and its thread) at once.
+        stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature)
+        async with contextlib.aclosing(stream):
             async for piece in stream:
                 if self.timings.llm_first_token is None:
                     self.timings.llm_first_token = time.monotonic()
                 self.timings.llm_tokens += 1
                 self.full_text += piece
                 yield piece
-        finally:
-            # Closing the engine's iterator is what stops generation (and its thread) at once.
-            await stream.aclose()  # type: ignore[attr-defined]
 
     async def _write_text(self) -> None:
         self.item.text = ""
@@ -138,13 +153,12 @@ class ReplyPipeline:
     async def _send(self, audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
         assert self.audio_out is not None
         out = self.audio_out
-        fmt = out.fmt
         rate = self.engines.tts.sample_rate
         self.item.text = ""
         await self.released.wait()
         while (entry := await audio.get()) is not None:
             clause, samples = entry
-            encoded = out.convert(samples)
+            converted = out.converter.convert(samples)
             clause_ms = samples.size * 1000 / rate
             # The transcript advances with the audio, so it never runs ahead of what is heard.
             self.item.append_segment(clause, clause_ms)
@@ -152,23 +166,25 @@ class ReplyPipeline:
             self.emit(server_event("response.output_audio_transcript.delta",
                                    delta=clause if not self.item.segments[:-1] else " " + clause,
                                    **self._ids()))
-            await self._send_audio(encoded, fmt.bytes_for_ms(DELTA_MS))
-        tail = out.finish()
-        if tail:
-            await self._send_audio(tail, len(tail))
+            await self._send_audio(converted)
+        tail = out.converter.finish()
+        if tail.size:
+            await self._send_audio(tail)
+        out.sink.end_audio(self.response_id, self.item.id)
 
-    async def _send_audio(self, encoded: bytes, step: int) -> None:
+    async def _send_audio(self, samples: Int16Array) -> None:
         assert self.audio_out is not None
-        fmt = self.audio_out.fmt
-        for start in range(0, len(encoded), step):
-            chunk = encoded[start : start + step]
-            delay = self.clock.delay_before_send(time.monotonic())
+        out = self.audio_out
+        step = out.chunk_samples
+        for start in range(0, samples.size, step):
+            chunk = AudioChunk(self.response_id, self.item.id, samples[start : start + step], out.converter.fmt)
+            delay = out.clock.delay_before_send(time.monotonic())
             if delay > 0:
                 await asyncio.sleep(delay)
-            chunk_ms = fmt.ms_for_bytes(len(chunk))
-            self.clock.sent(chunk_ms, time.monotonic())
-            self.item.audio_ms += chunk_ms
-            if self.timings.first_audio_sent is None:
+            if self.audio_start_ms is None:
+                self.audio_start_ms = out.clock.sent_ms
                 self.timings.first_audio_sent = time.monotonic()
                 self.on_audible()
-            self.emit(server_event("response.output_audio.delta", delta=chunk, **self._ids()))
+            out.clock.sent(chunk.duration_ms, time.monotonic())
+            self.item.audio_ms += chunk.duration_ms
+            out.sink.send_audio(chunk)

@@ -4,37 +4,72 @@ One public response at a time per session (as in the hosted API). A response run
 owned by the session; its pipeline (LLM -> chunker -> TTS -> paced audio) lives in reply.py.
 A *speculative* response starts during the user's pause, emits nothing, and is either promoted
 when the turn ends or dropped without a trace if the user goes on.
+
+:class:`Responses` does not know the Session: it gets a :class:`ResponseContext` with exactly what
+it may use (engines, the conversation, the turn tracker, the sink and playout clock, a way to
+emit events and to spawn owned tasks), so the dependency runs one way, Session -> Responses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import OutputAudio
 from voicebot.core.conversation import Conversation, Item
 from voicebot.core.playout import PlayoutClock
-from voicebot.engines.base import ChatMessage
+from voicebot.core.turns import TurnTracker
+from voicebot.core.types import ChatMessage
+from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.reply import ReplyPipeline
-
-if TYPE_CHECKING:
-    from voicebot.session import Session, _Speculation
+from voicebot.reply import AudioOut, ReplyPipeline
+from voicebot.session_config import SessionConfig
+from voicebot.sink import OutputSink
 
 log = logging.getLogger(__name__)
 
+#: Finished replies whose metrics are kept (newest last).
+METRICS_KEPT = 20
+
 
 @dataclass
-class _Reply:
+class Speculation:
+    """A transcription started at a pause, reused if the user does not speak again."""
+
+    task: asyncio.Task[str]
+    live: bool = True  # False once the user spoke again or the turn ended another way
+
+
+@dataclass
+class ResponseContext:
+    """Everything the responses of one session may use; the Session builds it once."""
+
+    session_id: str
+    engines: Engines
+    settings: Settings
+    conversation: Conversation
+    turns: TurnTracker
+    sink: OutputSink
+    clock: PlayoutClock
+    config: Callable[[], SessionConfig]
+    emit: Callable[[ev.ServerEvent], None]
+    spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
+    #: Wait until every user turn transcribed so far has its text (the reply must see them all).
+    transcripts_ready: Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Reply:
     """One response's bookkeeping around its pipeline."""
 
     id: str
     pipeline: ReplyPipeline
-    clock: PlayoutClock
+    config: SessionConfig  # as it was when the response was created
     modalities: tuple[str, ...]
     params: ev.ResponseParams
     instructions: str
@@ -46,8 +81,11 @@ class _Reply:
     speculative: bool = False
     promoted: asyncio.Event = field(default_factory=asyncio.Event)
     public: bool = False  # response.created was emitted
-    cut_at: float = field(default_factory=time.monotonic)
     cancel_reason: str = "client_cancelled"
+
+    @property
+    def item(self) -> Item:
+        return self.pipeline.item
 
     def ids(self) -> dict[str, Any]:
         return {"response_id": self.id, "item_id": self.pipeline.item.id, "output_index": 0}
@@ -56,11 +94,21 @@ class _Reply:
 class Responses:
     """The replies of one session: at most one public (``active``) and one speculative."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.emit = session.emit
-        self.active: _Reply | None = None
-        self.speculative: _Reply | None = None  # thinking ahead during a pause, not yet public
+    def __init__(self, ctx: ResponseContext) -> None:
+        self.ctx = ctx
+        self.emit = ctx.emit
+        self.active: Reply | None = None
+        self.speculative: Reply | None = None  # thinking ahead during a pause, not yet public
+        #: The latest reply whose audio reached the listener: what a barge-in cuts, even after
+        #: it finished sending (its tail may still be playing).
+        self.last_voiced: Reply | None = None
+        self.metrics: list[dict[str, Any]] = []  # per finished reply, newest last
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no public response is running."""
+        await self._idle.wait()
 
     def create(self, params: ev.ResponseParams | None, event_id: str | None) -> None:
         """``response.create``, or the end of a turn (``params`` None): promote the speculation if any."""
@@ -77,35 +125,48 @@ class Responses:
             if speculative is not None:
                 self.drop_speculative(speculative)
             reply = self._new_reply(params or ev.ResponseParams())
-            reply.task = self.session.spawn(self._run(reply), "reply")
+            reply.task = self.ctx.spawn(self._run(reply), "reply")
         self.active = reply
-        self.session.turns.reply_started()
+        self._idle.clear()
+        self.ctx.turns.reply_started()
+        if reply.params.conversation != "none":
+            # Its place in the history is fixed now, after everything said before the response,
+            # whatever arrives while it still waits for a transcription or its first step.
+            self.ctx.conversation.add(reply.item)
         reply.promoted.set()
 
-    def _new_reply(self, p: ev.ResponseParams) -> _Reply:
-        c = self.session.config
+    def _new_reply(self, p: ev.ResponseParams) -> Reply:
+        ctx = self.ctx
+        c = ctx.config()
         modalities = tuple(p.output_modalities or p.modalities or c.output_modalities)
         limit = p.max_output_tokens if p.max_output_tokens is not None else c.max_output_tokens
-        cap = self.session.settings.max_response_tokens
+        cap = ctx.settings.max_response_tokens
         max_tokens = cap if limit == "inf" else min(int(limit), cap)
         audio = "audio" in modalities
         item = Item(ev.new_id("item"), "assistant", "output_audio" if audio else "output_text",
                     text="", status="in_progress")
-        clock = PlayoutClock(self.session.output_lead_ms)
+        # A transport with a fixed media format (a WebRTC track, a phone line) gets audio in it,
+        # whatever the client configured; the format is fixed for the whole reply.
+        fmt = ctx.sink.audio_format or c.output_format
+        audio_out = AudioOut(ctx.sink, ctx.clock, OutputAudio(ctx.engines.tts.sample_rate, fmt)) if audio else None
         temperature = p.temperature if p.temperature is not None else c.temperature
         pipeline = ReplyPipeline(
-            response_id=ev.new_id("resp"), item=item, engines=self.session.engines, messages=[],
-            audio_out=OutputAudio(self.session.engines.tts.sample_rate, c.output_format) if audio else None,
-            clock=clock, emit=self.session.emit, max_tokens=max_tokens,
-            temperature=self.session.settings.temperature if temperature is None else temperature,
-            on_audible=self.session.turns.reply_audio_started,
+            response_id=ev.new_id("resp"), item=item, engines=ctx.engines, messages=[], audio_out=audio_out,
+            emit=ctx.emit, max_tokens=max_tokens,
+            temperature=ctx.settings.temperature if temperature is None else temperature,
         )
-        return _Reply(pipeline.response_id, pipeline, clock, modalities, p,
+        reply = Reply(pipeline.response_id, pipeline, c, modalities, p,
                       p.instructions if p.instructions is not None else c.instructions)
+        pipeline.on_audible = lambda: self._on_audible(reply)
+        return reply
+
+    def _on_audible(self, reply: Reply) -> None:
+        self.last_voiced = reply
+        self.ctx.turns.reply_audio_started()
 
     # --- speculative replies ----------------------------------------------------------------------
 
-    async def think_ahead(self, speculation: _Speculation) -> None:
+    async def think_ahead(self, speculation: Speculation) -> None:
         """During the user's pause: once the guessed transcript is ready, start the reply silently.
 
         If the pause turns into the end of the turn, the reply is promoted and the caller hears it
@@ -113,19 +174,18 @@ class Responses:
         it is dropped without a trace. Only the LLM/TTS work is spent.
         """
         transcript = (await asyncio.shield(speculation.task)).strip()
-        still_paused = self.session.speculation is speculation
-        policy = self.session.config.policy
-        if not (still_paused and transcript and policy.create_response and self.active is None
-                and self.speculative is None and "audio" in self.session.config.output_modalities):
+        config = self.ctx.config()
+        if not (speculation.live and transcript and config.policy.create_response and self.active is None
+                and self.speculative is None and "audio" in config.output_modalities):
             return
         reply = self._new_reply(ev.ResponseParams())
         reply.speculative = True
-        reply.pipeline.messages = [*self.session.conversation.chat_messages(reply.instructions),
+        reply.pipeline.messages = [*self.ctx.conversation.chat_messages(reply.instructions),
                                    ChatMessage("user", transcript)]
         self.speculative = reply
-        reply.task = self.session.spawn(self._run(reply), "speculative-reply")
+        reply.task = self.ctx.spawn(self._run(reply), "speculative-reply")
 
-    def drop_speculative(self, reply: _Reply | None = None) -> None:
+    def drop_speculative(self, reply: Reply | None = None) -> None:
         reply = reply or self.speculative
         self.speculative = None
         if reply is not None and not reply.public:
@@ -133,20 +193,22 @@ class Responses:
             if reply.task is not None:
                 reply.task.cancel()
 
-    def _wire(self, reply: _Reply, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-        config = self.session.config
+    # --- running --------------------------------------------------------------------------------
+
+    def _wire(self, reply: Reply, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+        config = reply.config
         pipeline = reply.pipeline
         return {
             "id": reply.id, "object": "realtime.response", "status": status,
             "status_details": details, "output": [pipeline.item.to_wire()] if reply.item_started else [],
-            "conversation_id": self.session.conversation.id, "output_modalities": list(reply.modalities),
+            "conversation_id": self.ctx.conversation.id, "output_modalities": list(reply.modalities),
             "max_output_tokens": config.max_output_tokens, "metadata": reply.params.metadata,
             "audio": {"output": {"format": config.output_format.to_wire(), "voice": config.voice}},
             "usage": {"total_tokens": pipeline.timings.llm_tokens, "input_tokens": 0,
                       "output_tokens": pipeline.timings.llm_tokens},
         }
 
-    async def _run(self, reply: _Reply) -> None:
+    async def _run(self, reply: Reply) -> None:
         pipeline = reply.pipeline
         status: str = "completed"
         details: dict[str, Any] | None = None
@@ -168,41 +230,38 @@ class Responses:
         except Exception as exc:
             errors = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
             if not all(isinstance(e, EngineError) for e in errors):
-                log.error("session %s: reply %s failed", self.session.id, reply.id, exc_info=exc)
-            message = "; ".join(str(e) for e in errors)
+                log.error("session %s: reply %s failed", self.ctx.session_id, reply.id, exc_info=exc)
+            failure = ProtocolError("The response failed: " + "; ".join(str(e) for e in errors),
+                                    code="engine_error", type="server_error")
             status = "failed"
-            details = {"type": "failed",
-                       "error": {"type": "server_error", "code": "engine_error", "message": message}}
+            details = {"type": "failed", "error": failure.payload()}
             if reply.public:
-                self.emit(ev.error_event(ProtocolError(f"The response failed: {message}", code="engine_error",
-                                                       type="server_error")))
+                self.emit(ev.error_event(failure))
         finally:
             self._finish(reply, status, details)
 
-    def _announce_response(self, reply: _Reply) -> None:
+    def _announce_response(self, reply: Reply) -> None:
         reply.public = True
         self.emit(ev.server_event("response.created", response=self._wire(reply, "in_progress")))
 
-    async def _history_for(self, reply: _Reply) -> list[ChatMessage]:
+    async def _history_for(self, reply: Reply) -> list[ChatMessage]:
         params = reply.params
-        # The reply must see every user turn, so wait for transcriptions still running.
-        pending = list(self.session.transcriptions.values())
-        if pending:
-            await asyncio.wait([asyncio.shield(t) for t in pending])
+        await self.ctx.transcripts_ready()
         if params.conversation == "none" and params.input is not None:
             history = Conversation("oob")
             for p in params.input:
                 text = p.content[0].text or p.content[0].transcript or ""
                 history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
             return history.chat_messages(reply.instructions)
-        return self.session.conversation.chat_messages(reply.instructions)
+        return self.ctx.conversation.chat_messages(reply.instructions, before=reply.item.id)
 
-    def _announce_item(self, reply: _Reply) -> None:
+    def _announce_item(self, reply: Reply) -> None:
         pipeline = reply.pipeline
         item = pipeline.item
-        if reply.params.conversation != "none":
-            previous = self.session.conversation.add(item)
-            self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
+        conversation = self.ctx.conversation
+        if item.id in conversation:  # placed there by create(); out-of-band replies are not
+            self.emit(ev.server_event("conversation.item.added", previous_item_id=conversation.previous_id(item.id),
+                                      item=item.to_wire()))
         reply.item_started = True
         self.emit(ev.server_event("response.output_item.added", response_id=reply.id,
                                   output_index=0, item=item.to_wire()))
@@ -211,7 +270,7 @@ class Responses:
                                   part={"type": "audio" if pipeline.audio_out else "text", part_key: ""},
                                   **reply.ids()))
 
-    def _finish(self, reply: _Reply, status: str, details: dict[str, Any] | None) -> None:
+    def _finish(self, reply: Reply, status: str, details: dict[str, Any] | None) -> None:
         if reply.finished:
             return
         reply.finished = True
@@ -219,21 +278,22 @@ class Responses:
             self.speculative = None
         if self.active is reply:
             self.active = None
-            self.session.turns.reply_ended()
-        if not reply.public:  # never announced (a dropped speculation): nobody knows it existed
+            self._idle.set()
+            self.ctx.turns.reply_ended()
+        conversation = self.ctx.conversation
+        if not reply.public:  # never announced (cancelled at once, a dropped speculation): no trace
+            if reply.item.id in conversation:
+                conversation.delete(reply.item.id)
             return
         pipeline = reply.pipeline
         item = pipeline.item
-        if status == "cancelled" and item.content_type == "output_audio" and item.id in self.session.conversation:
-            # Keep in history only what the listener can have heard by the cut.
-            self.session.conversation.truncate(item.id, min(item.audio_ms, reply.clock.played_ms(reply.cut_at)))
         item.status = "completed" if status == "completed" else "incomplete"
         item.text = (item.text or "").strip()
         if status == "completed":
             item.llm_text = pipeline.full_text.strip() or None
         if reply.item_started:
-            if item.id in self.session.conversation:
-                self.session.conversation.notify("updated", item)
+            if item.id in conversation:
+                conversation.notify("updated", item)
             content = {"content_index": 0, **reply.ids()}
             if pipeline.audio_out is not None:
                 self.emit(ev.server_event("response.output_audio.done", **content))
@@ -245,32 +305,30 @@ class Responses:
             self.emit(ev.server_event("response.content_part.done", part=part, **content))
             self.emit(ev.server_event("response.output_item.done", response_id=reply.id,
                                       output_index=0, item=item.to_wire()))
-            if item.id in self.session.conversation:
-                self.emit(ev.server_event("conversation.item.done",
-                                          previous_item_id=self.session.conversation.previous_id(item.id),
+            if item.id in conversation:
+                self.emit(ev.server_event("conversation.item.done", previous_item_id=conversation.previous_id(item.id),
                                           item=item.to_wire()))
         wire = self._wire(reply, status, details)
         metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
                    "speculative": reply.speculative}
         wire["metrics"] = metrics  # voicebot extension: where the time went (demo page, benchmarks)
-        self.session.metrics.append(metrics)
-        del self.session.metrics[:-20]
+        self.metrics.append(metrics)
+        del self.metrics[:-METRICS_KEPT]
         self.emit(ev.server_event("response.done", response=wire))
 
-    def interrupt(self, reason: str = "turn_detected") -> None:
-        """Barge-in / response.cancel: the reply ends *now*, in this very step.
+    def cancel(self, reason: str) -> None:
+        """The active reply ends *now*, in this very step (barge-in, response.cancel, a keypad press).
 
         ``response.done`` (cancelled) is emitted before returning and the task is cancelled in the
         same step, so no audio can follow, and the client never waits for engine cleanup (an LLM
         still evaluating a long prompt only notices its stop flag at the next token). The task
-        keeps ownership of that cleanup and the session's ``close()`` still awaits it.
+        keeps ownership of that cleanup and the session's ``close()`` still awaits it. The session
+        cuts the item to what was heard *before* calling this, so the done events carry the cut.
         """
         reply = self.active
         if reply is None:
             return
-        reply.cut_at = time.monotonic()
         reply.cancel_reason = reason
         if reply.task is not None:
             reply.task.cancel()
         self._finish(reply, "cancelled", {"type": "cancelled", "reason": reason})
-

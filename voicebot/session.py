@@ -1,9 +1,15 @@
-"""One Session per conversation connection: client events and audio in, server events out.
+"""One Session per conversation connection: a typed API in, an output sink out.
 
-Every transport (Realtime WebSocket, WebRTC data channel + tracks, telephony) drives a Session
-the same way: ``start()``, then ``handle_raw()``/``handle()`` for client events and
-``feed_audio()`` for audio in the session's input format, and finally ``close()``. Output goes
-through the ``emit`` callback as Realtime server events (audio deltas carry raw bytes).
+Every transport drives a Session the same way. It builds one with its :class:`~voicebot.sink.OutputSink`,
+calls ``start()``, then the typed methods — ``feed_audio``, ``update``, ``create_item``,
+``truncate``, ``create_response``, ``cancel_response``, ``interrupt`` — or, for transports that
+speak the Realtime protocol (the WebSocket, the WebRTC data channel), ``handle_raw`` with the
+client's JSON, which parses it into a client event object and calls the same methods. Nothing
+inside the process goes through JSON. Finally ``close()``.
+
+Output goes only to the sink: server events, paced audio chunks, and ``clear()`` when the turn
+tracker says the listener's buffered audio must go. Barge-in is carried out here, once, for every
+transport (:meth:`Session._carry_out`).
 
 The session owns every task it starts: one reply at a time, transcriptions, speculative
 transcriptions. ``close()`` cancels and awaits them all, so nothing outlives the connection.
@@ -14,42 +20,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
-from voicebot.core.buffer import PcmBuffer
 from voicebot.core.conversation import ContentType, Conversation, Item
-from voicebot.core.endpoint import (
-    EndpointConfig,
-    Endpointer,
-    PauseStarted,
-    SpeechResumed,
-    SpeechStarted,
-    SpeechStopped,
-)
+from voicebot.core.endpoint import PauseStarted, SpeechResumed, SpeechStarted, SpeechStopped
+from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
-from voicebot.engines.base import ENGINE_RATE, Engines, Int16Array
+from voicebot.core.types import ENGINE_RATE, Int16Array
+from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.responses import Responses
+from voicebot.hearing import Hearing
+from voicebot.responses import ResponseContext, Responses, Speculation
 from voicebot.session_config import SessionConfig, apply_update, session_wire
+from voicebot.sink import OutputSink
+from voicebot.tasks import OwnedTasks
 
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
-MAX_MANUAL_BUFFER_MS = 15 * 60 * 1000
-
-
-@dataclass
-class _Speculation:
-    """A transcription started at a pause, reused if the user does not speak again."""
-
-    task: asyncio.Task[str]
+#: How long close() waits for its tasks after cancelling them (engine threads check a stop flag).
+CLOSE_TIMEOUT_S = 5.0
 
 
 class Session:
@@ -57,42 +52,38 @@ class Session:
         self,
         engines: Engines,
         settings: Settings,
-        emit: Callable[[ev.ServerEvent], None],
+        sink: OutputSink,
         *,
         conversation: Conversation | None = None,
         model: str = "voicebot",
         output_lead_ms: float | None = None,
-        input_format: AudioFormat | None = None,
-        output_format: AudioFormat | None = None,
+        config: SessionConfig | None = None,
     ) -> None:
         self.id = ev.new_id("sess")
         self.engines = engines
         self.settings = settings
-        self._emit = emit
+        self.sink = sink
         self.model = model
         self.conversation = conversation or Conversation(ev.new_id("conv"))
-        self.config = SessionConfig(instructions=self.conversation.instructions or settings.instructions)
-        # Transports with a fixed media format (WebRTC tracks, telephony) start the session in it.
-        if input_format is not None:
-            self.config = replace(self.config, input_format=input_format)
-        if output_format is not None:
-            self.config = replace(self.config, output_format=output_format)
-        self.output_lead_ms = settings.output_lead_ms if output_lead_ms is None else output_lead_ms
+        self.config = self._fixed_media(config or SessionConfig(
+            instructions=self.conversation.instructions or settings.instructions))
+        self.playout = PlayoutClock(settings.output_lead_ms if output_lead_ms is None else output_lead_ms)
         self.turns = TurnTracker()
-        self._input = InputAudio(self.config.input_format)
-        self._endpointer = Endpointer(self.config.vad or EndpointConfig())
-        self._vad = engines.vad()
-        self._hop = np.zeros(0, np.int16)
-        self._buffer = PcmBuffer()
-        self._speech_start_ms: float | None = None
+        self.hearing = Hearing(engines.vad(), self.config.vad)
         self._speech_item_id = ev.new_id("item")
-        self.speculation: _Speculation | None = None
-        self.responses = Responses(self)
-        self.speculative_replies = settings.speculative_replies
+        self.speculation: Speculation | None = None
         self.transcriptions: dict[str, asyncio.Task[str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(self.id, self._task_failed)
         self._closed = False
-        self.metrics: list[dict[str, Any]] = []  # per finished reply, newest last
+        self.responses = Responses(ResponseContext(
+            session_id=self.id, engines=engines, settings=settings, conversation=self.conversation,
+            turns=self.turns, sink=sink, clock=self.playout, config=lambda: self.config, emit=self.emit,
+            spawn=self.spawn, transcripts_ready=self._transcripts_ready))
+
+    def _fixed_media(self, config: SessionConfig) -> SessionConfig:
+        """A transport with its own media (a WebRTC track, a phone line) fixes both audio formats."""
+        fmt = self.sink.audio_format
+        return config if fmt is None else replace(config, input_format=fmt, output_format=fmt)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -101,216 +92,188 @@ class Session:
         # response.done of a reply that close() cancelled, so their view never dangles.
         self.conversation.publish(event)
         if not self._closed:
-            self._emit(event)
+            self.sink.send_event(event)
 
     def start(self) -> None:
         self.emit(ev.server_event("session.created", session=self.session_wire()))
 
     async def close(self) -> None:
-        """Cancel and await every task this session started; idempotent."""
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=5)
-        self._tasks.clear()
+        """End the reply (cut to what was heard), cancel and await every task; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._carry_out(self.turns.interrupted(output_playing=self._output_playing()), "session_closed")
+        await self._tasks.cancel_all(CLOSE_TIMEOUT_S)
 
-    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        return self._tasks.spawn(coro, name)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("session %s: task %s failed", self.id, task.get_name(), exc_info=exc)
-            self.emit(ev.error_event(ProtocolError(f"Internal error: {exc}", code="server_error",
-                                                   type="server_error")))
+    def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        self.emit(ev.error_event(ProtocolError(f"Internal error: {exc}", code="server_error", type="server_error")))
 
     @property
     def active_tasks(self) -> int:
         return len(self._tasks)
 
-    # --- client events -------------------------------------------------------------------------
+    async def wait_idle(self) -> None:
+        """Until no response is running (e.g. to answer a keypad entry after the current reply)."""
+        await self.responses.wait_idle()
+
+    # --- Realtime client events ----------------------------------------------------------------
 
     async def handle_raw(self, raw: str | bytes) -> None:
+        """One client message as sent on the wire; a bad one gets an ``error`` event."""
         try:
-            await self.handle(ev.parse_client_event(raw))
+            event = ev.parse_client_event(raw)
         except ProtocolError as err:
             self.emit(ev.error_event(err))
+            return
+        await self.handle(event)
 
-    async def handle(self, event: Any) -> None:
+    async def handle(self, event: ev.ClientEvent) -> None:
+        """One parsed client event; a ProtocolError becomes an ``error`` event naming it."""
         try:
-            await self._dispatch(event)
+            self._dispatch(event)
         except ProtocolError as err:
             if err.event_id is None:
                 err.event_id = event.event_id
             self.emit(ev.error_event(err))
 
-    async def _dispatch(self, event: Any) -> None:
+    def _dispatch(self, event: ev.ClientEvent) -> None:
+        eid = event.event_id
         match event:
             case ev.SessionUpdate():
-                self._update_session(event.session, event.event_id)
+                self.update(event.session, event_id=eid)
             case ev.InputAudioBufferAppend():
-                data = ev.decode_audio(event.audio, param="audio", event_id=event.event_id)
+                data = ev.decode_audio(event.audio, param="audio", event_id=eid)
                 if self.config.input_format.encoding == "pcm16" and len(data) % 2:
                     raise ProtocolError(f"audio/pcm input must be whole 16-bit samples; got {len(data)} bytes.",
-                                        param="audio", event_id=event.event_id)
-                self.feed_audio(data, event_id=event.event_id)
+                                        param="audio", event_id=eid)
+                self.feed_audio(data, event_id=eid)
             case ev.InputAudioBufferCommit():
-                self._commit(event_id=event.event_id)
+                self.commit_audio(event_id=eid)
             case ev.InputAudioBufferClear():
-                self._clear_input()
-                self.emit(ev.server_event("input_audio_buffer.cleared"))
+                self.clear_audio()
             case ev.OutputAudioBufferClear():
-                reply_id = self.responses.active.id if self.responses.active else None
-                self.responses.interrupt("client_cancelled")
-                self.emit(ev.server_event("output_audio_buffer.cleared", response_id=reply_id))
+                self.clear_output()
             case ev.ConversationItemCreate():
-                self._create_item(event)
+                self.create_item(event.item, event.previous_item_id, event_id=eid)
             case ev.ConversationItemDelete():
-                self.conversation.delete(event.item_id, event_id=event.event_id)
-                self.emit(ev.server_event("conversation.item.deleted", item_id=event.item_id))
+                self.delete_item(event.item_id, event_id=eid)
             case ev.ConversationItemRetrieve():
-                item = self.conversation.get(event.item_id, event_id=event.event_id)
+                item = self.conversation.get(event.item_id, event_id=eid)
                 self.emit(ev.server_event("conversation.item.retrieved", item=item.to_wire()))
             case ev.ConversationItemTruncate():
-                self._truncate(event)
+                self.truncate(event.item_id, event.audio_end_ms, content_index=event.content_index, event_id=eid)
             case ev.ResponseCreate():
-                self.responses.create(event.response, event_id=event.event_id)
+                self.create_response(event.response, event_id=eid)
             case ev.ResponseCancel():
-                active = self.responses.active
-                if active is None or (event.response_id and event.response_id != active.id):
-                    raise ProtocolError("There is no active response to cancel.",
-                                        code="response_cancel_not_active", event_id=event.event_id)
-                self.responses.interrupt("client_cancelled")
+                self.cancel_response(event.response_id, event_id=eid)
 
     # --- session configuration -----------------------------------------------------------------
 
     def session_wire(self) -> dict[str, Any]:
         return session_wire(self.config, self.id, self.model)
 
-    def _update_session(self, s: ev.SessionConfig, event_id: str | None) -> None:
-        old, self.config = self.config, apply_update(self.config, s, event_id)
-        if self.config.input_format != old.input_format:
-            self._input = InputAudio(self.config.input_format)
-        if self.config.vad is not None:
-            self._endpointer.update(self.config.vad)
+    def update(self, session: ev.SessionConfig, *, event_id: str | None = None) -> None:
+        """``session.update``: change what the client may change; answered with ``session.updated``."""
+        self.config = self._fixed_media(apply_update(self.config, session, event_id))
+        self.hearing.configure(self.config.vad)
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
 
     # --- audio in ------------------------------------------------------------------------------
 
-    def feed_audio(self, data: bytes, *, event_id: str | None = None) -> None:
-        """Audio in the session's input format (any length): buffer it and run turn detection."""
+    def feed_audio(self, data: bytes, fmt: AudioFormat | None = None, *, event_id: str | None = None) -> None:
+        """Input audio of any length, in ``fmt`` (default: the session's input format): buffer it
+        and run turn detection. Undecodable audio raises ProtocolError (param ``audio``)."""
         try:
-            samples = self._input.feed(data)
-        except Exception as exc:  # AudioFormatError and friends: the message says what is wrong
+            endpoint_events = self.hearing.feed(data, fmt or self.config.input_format)
+        except ValueError as exc:  # AudioFormatError: the message says what is wrong
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
-        self.feed_pcm16k(samples)
-
-    def feed_pcm16k(self, samples: Int16Array) -> None:
-        self._buffer.append(samples)
-        if self.config.vad is None:
-            if self._buffer.duration_ms > MAX_MANUAL_BUFFER_MS:
-                self._buffer.drop_before(self._buffer.end_ms - MAX_MANUAL_BUFFER_MS)
-            return
-        hop_size = self._vad.hop_samples
-        pending = np.concatenate((self._hop, samples)) if self._hop.size else samples
-        usable = pending.size - pending.size % hop_size
-        for start in range(0, usable, hop_size):
-            scores = self._vad.score(int16_to_float32(pending[start : start + hop_size]))
-            for event in self._endpointer.process(scores):
-                self._on_endpoint(event)
-        self._hop = pending[usable:].copy()
-        self._trim_idle_buffer()
-
-    def _trim_idle_buffer(self) -> None:
-        if self._speech_start_ms is not None or self.config.vad is None:
-            return
-        keep_ms = self.config.vad.prefix_padding_ms + 1000
-        if self._buffer.duration_ms > keep_ms + 2000:  # trim in batches: compaction copies
-            self._buffer.drop_before(self._buffer.end_ms - keep_ms)
+        for event in endpoint_events:
+            self._on_endpoint(event)
 
     def _on_endpoint(self, event: object) -> None:
         policy = self.config.policy
         match event:
             case SpeechStarted(audio_start_ms=start):
-                self._speech_start_ms = float(start)
+                self.hearing.speech_start_ms = float(start)
                 self.emit(ev.server_event("input_audio_buffer.speech_started", audio_start_ms=start,
                                           item_id=self._speech_item_id))
-                if Action.CANCEL_REPLY in self.turns.speech_started(policy):
-                    self.responses.interrupt()
-            case PauseStarted(audio_end_ms=end):
-                self._speculate(end)
+                self._carry_out(self.turns.speech_started(policy, output_playing=self._output_playing()),
+                                "turn_detected")
+            case PauseStarted():
+                self._speculate()
             case SpeechResumed():
-                self.speculation = None
-                self.responses.drop_speculative()
+                self._drop_speculation()
             case SpeechStopped(audio_end_ms=end):
                 self.emit(ev.server_event("input_audio_buffer.speech_stopped", audio_end_ms=end,
                                           item_id=self._speech_item_id))
                 actions = self.turns.speech_stopped(policy)
-                item = self._commit_speech(end)
-                if item is not None and Action.START_REPLY in actions:
+                speculation, self.speculation = self.speculation, None
+                transcript = None
+                if speculation is not None:  # the guess from the pause is the turn's transcript
+                    speculation.live = False
+                    transcript = speculation.task
+                self._add_audio_item(self.hearing.take(audio_from_speech=True), transcript)
+                if Action.START_REPLY in actions:
                     self.responses.create(None, event_id=None)
 
-    def _speech_audio(self) -> Int16Array:
-        assert self.config.vad is not None
-        start = (self._speech_start_ms or 0.0) - self.config.vad.prefix_padding_ms
-        return self._buffer.slice(start)
-
-    def _speculate(self, end_ms: float) -> None:
-        audio = self._speech_audio()
-        task = self.spawn(self._transcribe(audio), "speculative-asr")
-        self.speculation = _Speculation(task)
-        if self.speculative_replies:
+    def _speculate(self) -> None:
+        self._drop_speculation()
+        task = self.spawn(self._transcribe(self.hearing.speech_audio()), "speculative-asr")
+        self.speculation = Speculation(task)
+        if self.settings.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
 
-    def _commit_speech(self, end_ms: float) -> Item | None:
-        speculation, self.speculation = self.speculation, None
-        audio = self._speech_audio()
-        self._speech_start_ms = None
-        transcript = speculation.task if speculation is not None else None
-        return self._add_audio_item(audio, transcript)
+    def _drop_speculation(self) -> None:
+        if self.speculation is not None:
+            self.speculation.live = False
+            self.speculation = None
+        self.responses.drop_speculative()
 
-    def _commit(self, event_id: str | None) -> None:
-        if self._buffer.duration_ms < MIN_COMMIT_MS:
+    def commit_audio(self, *, event_id: str | None = None) -> Item:
+        """``input_audio_buffer.commit``: everything buffered becomes a user audio item."""
+        buffered = self.hearing.buffer.duration_ms
+        if buffered < MIN_COMMIT_MS:
             raise ProtocolError(
                 f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms "
-                f"of audio, but buffer only has {self._buffer.duration_ms:.2f}ms of audio.",
+                f"of audio, but buffer only has {buffered:.2f}ms of audio.",
                 code="input_audio_buffer_commit_empty", event_id=event_id,
             )
-        audio = self._buffer.slice(self._buffer.start_ms)
-        self._speech_start_ms = None
-        self.speculation = None
-        self._add_audio_item(audio, None)
+        self._drop_speculation()
+        return self._add_audio_item(self.hearing.take(audio_from_speech=False), None)
 
-    def _clear_input(self) -> None:
-        self._buffer.clear()
-        self._hop = np.zeros(0, np.int16)
-        self._endpointer.reset()
-        self._speech_start_ms = None
-        self.speculation = None
-        self.responses.drop_speculative()
+    def clear_audio(self) -> None:
+        """``input_audio_buffer.clear``."""
+        self.hearing.clear()
+        self._drop_speculation()
         self.turns.user_speaking = False
+        self.emit(ev.server_event("input_audio_buffer.cleared"))
 
     def _add_audio_item(self, audio: Int16Array, transcript: asyncio.Task[str] | None) -> Item:
         item = Item(self._speech_item_id, "user", "input_audio", text=None,
                     audio_ms=audio.size * 1000 / ENGINE_RATE)
         self._speech_item_id = ev.new_id("item")
-        self._buffer.clear()
         previous = self.conversation.add(item)
         self.emit(ev.server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id))
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-        task = transcript if transcript is not None else self.spawn(self._transcribe(audio), "asr")
-        self.transcriptions[item.id] = task
-        self.spawn(self._finish_transcription(item, task), "asr-result")
+        self._transcribe_item(item, transcript or self.spawn(self._transcribe(audio), "asr"))
         return item
+
+    # --- transcription -------------------------------------------------------------------------
 
     async def _transcribe(self, audio: Int16Array) -> str:
         language = (self.config.transcription or {}).get("language") or self.settings.asr_language or None
         return await asyncio.to_thread(self.engines.asr.transcribe, int16_to_float32(audio), language)
+
+    def _transcribe_item(self, item: Item, task: asyncio.Task[str]) -> None:
+        self.transcriptions[item.id] = task
+        self.spawn(self._finish_transcription(item, task), "asr-result")
+
+    async def _transcripts_ready(self) -> None:
+        pending = list(self.transcriptions.values())
+        if pending:
+            await asyncio.wait([asyncio.shield(t) for t in pending])
 
     async def _finish_transcription(self, item: Item, task: asyncio.Task[str]) -> None:
         started = time.monotonic()
@@ -341,39 +304,109 @@ class Session:
 
     # --- conversation items --------------------------------------------------------------------
 
-    def _create_item(self, event: ev.ConversationItemCreate) -> None:
-        param = event.item
+    def create_item(self, param: ev.ItemParam, previous_item_id: str | None = None, *,
+                    event_id: str | None = None) -> Item:
+        """``conversation.item.create``: a text message, or audio (transcribed like speech)."""
         part = param.content[0]
         item_id = param.id or ev.new_id("item")
         if part.type in ("input_audio", "audio") and part.audio is not None:
-            pcm = ev.decode_audio(part.audio, param="item.content[0].audio", event_id=event.event_id)
+            pcm = ev.decode_audio(part.audio, param="item.content[0].audio", event_id=event_id)
             try:
                 samples = InputAudio(self.config.input_format).feed(pcm)
-            except Exception as exc:
-                raise ProtocolError(str(exc), param="item.content[0].audio", event_id=event.event_id) from None
-            item = Item(item_id, param.role, "input_audio", text=part.transcript, audio_ms=samples.size / 16)
-            previous = self.conversation.add(item, event.previous_item_id, event_id=event.event_id)
+            except ValueError as exc:
+                raise ProtocolError(str(exc), param="item.content[0].audio", event_id=event_id) from None
+            item = Item(item_id, param.role, "input_audio", text=part.transcript,
+                        audio_ms=samples.size * 1000 / ENGINE_RATE)
+            previous = self.conversation.add(item, previous_item_id, event_id=event_id)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-            task = self.spawn(self._transcribe(samples), "asr")
-            self.transcriptions[item.id] = task
-            self.spawn(self._finish_transcription(item, task), "asr-result")
-            return
+            self._transcribe_item(item, self.spawn(self._transcribe(samples), "asr"))
+            return item
         text = part.text if part.text is not None else part.transcript
         if text is None:
             raise ProtocolError("The content part has no text.", code="missing_required_parameter",
-                                param="item.content[0].text", event_id=event.event_id)
+                                param="item.content[0].text", event_id=event_id)
         content_type: ContentType = "output_text" if param.role == "assistant" else "input_text"
         item = Item(item_id, param.role, content_type, text=text)
-        previous = self.conversation.add(item, event.previous_item_id, event_id=event.event_id)
+        previous = self.conversation.add(item, previous_item_id, event_id=event_id)
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
         self.emit(ev.server_event("conversation.item.done", previous_item_id=previous, item=item.to_wire()))
+        return item
 
-    def _truncate(self, event: ev.ConversationItemTruncate) -> None:
-        if event.content_index != 0:
+    def add_user_text(self, text: str, *, item_id: str | None = None) -> Item:
+        """A typed user message (a text client, a keypad entry): ``create_item`` without the wire shape."""
+        return self.create_item(ev.ItemParam(id=item_id, role="user",
+                                             content=[ev.ContentPart(type="input_text", text=text)]))
+
+    def delete_item(self, item_id: str, *, event_id: str | None = None) -> None:
+        self.conversation.delete(item_id, event_id=event_id)
+        self.emit(ev.server_event("conversation.item.deleted", item_id=item_id))
+
+    def truncate(self, item_id: str, audio_end_ms: float, *, content_index: int = 0,
+                 event_id: str | None = None) -> None:
+        """``conversation.item.truncate``: the client says how much of an assistant item it played."""
+        if content_index != 0:
             raise ProtocolError("content_index must be 0 (items have one content part).",
-                                param="content_index", event_id=event.event_id)
-        self.conversation.truncate(event.item_id, event.audio_end_ms, event_id=event.event_id)
-        self.emit(ev.server_event("conversation.item.truncated", item_id=event.item_id, content_index=0,
-                                  audio_end_ms=event.audio_end_ms))
+                                param="content_index", event_id=event_id)
+        self.conversation.truncate(item_id, audio_end_ms, event_id=event_id)
+        self.emit(ev.server_event("conversation.item.truncated", item_id=item_id, content_index=0,
+                                  audio_end_ms=round(audio_end_ms)))
 
-    # --- responses -----------------------------------------------------------------------------
+    # --- responses and barge-in ----------------------------------------------------------------
+
+    def create_response(self, params: ev.ResponseParams | None = None, *, event_id: str | None = None) -> None:
+        """``response.create`` (default parameters when None)."""
+        self.responses.create(params or ev.ResponseParams(), event_id=event_id)
+
+    def cancel_response(self, response_id: str | None = None, *, event_id: str | None = None) -> None:
+        """``response.cancel``: the reply stops and its audio is cleared, exactly like a barge-in."""
+        active = self.responses.active
+        if active is None or (response_id and response_id != active.id):
+            raise ProtocolError("There is no active response to cancel.", code="response_cancel_not_active",
+                                event_id=event_id)
+        self.interrupt("client_cancelled")
+
+    def clear_output(self) -> None:
+        """``output_audio_buffer.clear`` (WebRTC): stop what the listener hears now."""
+        reply_id = self.responses.active.id if self.responses.active else None
+        self.interrupt("client_cancelled")
+        self.emit(ev.server_event("output_audio_buffer.cleared", response_id=reply_id))
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the reply and what the listener hears, cut the history (a keypad press, a cancel)."""
+        self._carry_out(self.turns.interrupted(output_playing=self._output_playing()), reason)
+
+    def _output_playing(self) -> bool:
+        return self.playout.queued_ms(time.monotonic()) > 0
+
+    def _carry_out(self, actions: list[Action], reason: str) -> None:
+        """The turn tracker's actions, through the sink: the one barge-in path of every transport.
+
+        All in one synchronous step, so no audio can slip out between them. The cut is taken first
+        (what was heard is measured before the listener's buffer is dropped), so the cancelled
+        response's done events already carry the words that were heard.
+        """
+        now = time.monotonic()
+        if Action.TRUNCATE_HISTORY in actions:
+            self._cut_to_heard(now)
+        if Action.CLEAR_OUTPUT in actions and not self._closed:
+            self.sink.clear()
+        if Action.CLEAR_OUTPUT in actions:
+            self.playout.flush(now)
+        if Action.CANCEL_REPLY in actions:
+            self.responses.cancel(reason)
+
+    def _cut_to_heard(self, now: float) -> None:
+        reply = self.responses.last_voiced
+        if reply is None or reply.pipeline.audio_start_ms is None:
+            return
+        item = reply.item
+        heard = self.sink.playback_position(item.id)
+        if heard is None:  # the transport cannot know: the playout clock's estimate
+            heard = self.playout.played_ms(now) - reply.pipeline.audio_start_ms
+        heard_ms = int(max(0.0, min(heard, item.audio_ms)))  # whole ms, as on the wire
+        if item.id not in self.conversation or item.heard_ms is not None:
+            return  # out of band, or the client already said what it played
+        self.conversation.truncate(item.id, heard_ms)
+        if reply.finished:  # its done events are out: tell the client the history changed
+            self.emit(ev.server_event("conversation.item.truncated", item_id=item.id, content_index=0,
+                                      audio_end_ms=heard_ms))

@@ -26,7 +26,7 @@ from tests.conftest import scaled
 from tests.session.fakes import tone
 from tests.thread_server import ThreadServer
 from voicebot.core.conversation import Conversation
-from voicebot.transports.telephony import CALL_LOG, CallStats
+from voicebot.transports.telephony import CallStats
 from voicebot.transports.twiml import twilio_signature
 
 TOKEN = "twilio-secret"
@@ -48,22 +48,25 @@ def speech(ms: float) -> bytes:
 
 
 def attach(server: ThreadServer) -> Conversation:
-    conversation = Conversation(f"conv_test_{time.monotonic_ns()}")
-    server.state.conversations[conversation.id] = conversation
-    return conversation
+    return server.call(lambda: server.hub.create()).conversation
+
+
+def ended_calls(server: ThreadServer) -> list[CallStats]:
+    found = server.call(lambda: server.state.calls.ended_summaries("telephony"))
+    assert all(isinstance(s, CallStats) for s in found)
+    return found  # type: ignore[return-value]
 
 
 def last_call(server: ThreadServer) -> CallStats:
-    calls: Any = server.state.extras[CALL_LOG]
-    return calls[-1]  # type: ignore[no-any-return]
+    return ended_calls(server)[-1]
 
 
 async def wait_call_end(server: ThreadServer, call_sid: str) -> CallStats:
     async with asyncio.timeout(5):
         while True:
-            for stats in server.state.extras.get(CALL_LOG, ()):
+            for stats in ended_calls(server):
                 if stats.call_id == call_sid:
-                    return stats  # type: ignore[no-any-return]
+                    return stats
             await asyncio.sleep(0.02)
 
 

@@ -26,8 +26,9 @@ from voicebot.config import from_env
 from voicebot.core.audio import resample, ulaw2lin
 from voicebot.core.conversation import Conversation
 from voicebot.core.conversation import heard_text as history_cut
-from voicebot.server import AppState, create_app
-from voicebot.transports.telephony import CALL_LOG, CallStats
+from voicebot.server import create_app
+from voicebot.state import AppState
+from voicebot.transports.telephony import CallStats
 
 pytestmark = pytest.mark.e2e
 
@@ -76,17 +77,15 @@ class RealServer:
         return f"ws://127.0.0.1:{self.port}/telephony/twilio/media"
 
     def conversation(self, instructions: str | None = None) -> Conversation:
-        conversation = Conversation(f"conv_phone_{time.monotonic_ns()}", instructions)
-        self.state.conversations[conversation.id] = conversation
-        return conversation
+        return self.state.hub.create(instructions).conversation
 
     async def stats_after_call(self, call_sid: str) -> CallStats:
         """The call's statistics, once the server has finished it (just after the caller hung up)."""
         async with asyncio.timeout(scaled(10)):
             while True:
-                for stats in self.state.extras.get(CALL_LOG, ()):
-                    if stats.call_id == call_sid:
-                        return stats  # type: ignore[no-any-return]
+                for stats in self.state.calls.ended_summaries("telephony"):
+                    if isinstance(stats, CallStats) and stats.call_id == call_sid:
+                        return stats
                 await asyncio.sleep(0.05)
 
 

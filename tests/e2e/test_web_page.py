@@ -22,7 +22,8 @@ from tests.e2e.webpage import Browser, PortServer, chromium, require_browser, sp
 from tests.session.fakes import ScriptedAsr, SlowLlm, ToneTts, fake_engines
 from tests.speech import utterance
 from voicebot.config import from_env
-from voicebot.server import AppState, create_app
+from voicebot.server import create_app
+from voicebot.state import AppState
 
 KEY = "page-key"
 REPLY = ("Sure, I can help with that. Here is a second sentence for you. And a third one to keep talking "

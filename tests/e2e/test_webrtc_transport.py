@@ -20,7 +20,7 @@ from tests.conftest import ROOT, scaled
 from tests.rtc_client import RATE, RtcClient, frame_rms
 from tests.session.fakes import tone
 from tests.thread_server import ThreadServer
-from voicebot.transports.webrtc import CallRegistry
+from voicebot.calls import CallRegistry
 
 KEY = "rtc-key"
 TIMEOUT_S = 2.0  # the server's connect and media timeouts in this module
@@ -40,8 +40,13 @@ def base(server: ThreadServer) -> str:
 
 
 def calls(server: ThreadServer) -> CallRegistry:
-    found = server.state.extras.get("webrtc")
-    return found if isinstance(found, CallRegistry) else CallRegistry()
+    return server.state.calls
+
+
+def ended_reason(registry: CallRegistry, call_id: str) -> str:
+    ended = registry.ended[call_id]
+    assert ended.kind == "webrtc"
+    return ended.reason
 
 
 def udp_inodes() -> set[str]:
@@ -64,8 +69,8 @@ def udp_inodes() -> set[str]:
 async def settled(server: ThreadServer, timeout: float = 10) -> None:
     """Every call and session is gone (torn down by the server, not by the test)."""
     deadline = time.monotonic() + scaled(timeout)
-    while calls(server).calls or server.state.sessions:
-        assert time.monotonic() < deadline, f"left behind: {calls(server).calls} {server.state.sessions}"
+    while calls(server).live or server.state.sessions:
+        assert time.monotonic() < deadline, f"left behind: {calls(server).live} {server.state.sessions}"
         await asyncio.sleep(0.05)
 
 
@@ -100,6 +105,28 @@ async def test_a_turn_events_on_the_channel_and_voice_on_the_track(server: Threa
         spoken_ms = voice.size * 1000 / RATE
         assert spoken_ms > 1000, spoken_ms  # the whole reply played, not a fragment
         assert abs(dominant_hz(voice) - 220) < 5  # what ToneTts said, through Opus, intact
+    finally:
+        await client.close()
+    await settled(server)
+
+
+async def test_an_output_format_change_mid_reply_leaves_the_track_intact(server: ThreadServer) -> None:
+    """The track carries the audio as it was produced (48 kHz), whatever the client configures."""
+    client = RtcClient()
+    await client.connect(base(server), KEY)
+    try:
+        client.mic.say(tone48k(600))
+        await client.recorder.wait_for("output_audio_buffer.started", timeout=scaled(20))
+        started_at = client.recorder.timed("output_audio_buffer.started")[0][0]
+        client.send({"type": "session.update", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}})
+        updated = await client.recorder.wait_for("session.updated", timeout=scaled(5))
+        assert updated["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 48000}
+        done = await client.recorder.wait_for("response.done", timeout=scaled(20))
+        assert done["response"]["status"] == "completed"
+        await client.recorder.wait_for("output_audio_buffer.stopped", timeout=scaled(10))
+        voice = np.concatenate([f for t, f in client.frames if t >= started_at - 0.1 and frame_rms(f) > LOUD])
+        assert voice.size * 1000 / RATE > 1000, "the whole reply played"
+        assert abs(dominant_hz(voice) - 220) < 5, "no part of it was decoded as another format"
     finally:
         await client.close()
     await settled(server)
@@ -148,7 +175,7 @@ async def test_bad_offers_get_400_and_leave_nothing_allocated(server: ThreadServ
         r = await post(server, "/v1/realtime/calls", body, content_type)
         assert r.status_code == 400, (message, r.text)
         assert message in r.json()["error"]["message"]
-    assert not calls(server).calls and not server.state.sessions
+    assert not calls(server).live and not server.state.sessions
     await no_audio.close()
     await peer.close()
     assert udp_inodes() <= sockets  # no port was opened for a refused offer
@@ -171,7 +198,7 @@ async def test_a_second_offer_on_a_closed_call_is_refused(server: ThreadServer) 
     assert r.status_code == 400 and "has ended" in r.json()["error"]["message"]
     r = await post(server, "/v1/realtime/calls/rtc_unknown/hangup", b"")
     assert r.status_code == 404
-    assert not calls(server).calls and not server.state.sessions
+    assert not calls(server).live and not server.state.sessions
 
 
 async def test_garbage_on_the_data_channel_gets_error_events(server: ThreadServer) -> None:
@@ -226,7 +253,7 @@ async def test_peer_closing_tears_the_call_down(server: ThreadServer) -> None:
     client = RtcClient()
     await client.connect(base(server), KEY)
     call_id = client.call_id
-    assert call_id in calls(server).calls
+    assert call_id in calls(server).live
     assert len(server.state.sessions) == 1
     await client.close()
     await settled(server, timeout=5)
@@ -239,7 +266,7 @@ async def test_hangup_ends_the_call(server: ThreadServer) -> None:
     await client.connect(base(server), KEY)
     r = await post(server, f"/v1/realtime/calls/{client.call_id}/hangup", b"")
     assert r.status_code == 200
-    assert calls(server).ended[str(client.call_id)] == "hung up"
+    assert ended_reason(calls(server), str(client.call_id)) == "hung up"
     await settled(server, timeout=2)
     await client.close()
 
@@ -261,7 +288,7 @@ async def test_a_vanished_peer_is_torn_down_after_the_media_timeout(server: Thre
         assert peer.stdout is not None
         line = await asyncio.wait_for(peer.stdout.readline(), scaled(30))
         call_id = line.decode().strip()
-        assert call_id in calls(server).calls
+        assert call_id in calls(server).live
         await asyncio.sleep(0.5)  # audio is flowing
         peer.kill()  # SIGKILL: no goodbye of any kind
         killed = time.monotonic()
@@ -272,7 +299,7 @@ async def test_a_vanished_peer_is_torn_down_after_the_media_timeout(server: Thre
     await settled(server, timeout=TIMEOUT_S + 5)
     took = time.monotonic() - killed
     assert took < TIMEOUT_S + 2, took
-    assert "no audio from the peer" in calls(server).ended[call_id]
+    assert "no audio from the peer" in ended_reason(calls(server), call_id)
 
 
 async def test_a_call_whose_ice_never_completes_is_torn_down(server: ThreadServer) -> None:
@@ -284,11 +311,11 @@ async def test_a_call_whose_ice_never_completes_is_torn_down(server: ThreadServe
     r = await post(server, "/v1/realtime/calls", blind)
     assert r.status_code == 201
     call_id = r.headers["location"].rsplit("/", 1)[-1]
-    assert call_id in calls(server).calls
+    assert call_id in calls(server).live
     started = time.monotonic()
     await settled(server, timeout=TIMEOUT_S + 5)
     assert time.monotonic() - started >= TIMEOUT_S - 0.5
-    assert "not connected after" in calls(server).ended[call_id]
+    assert "not connected after" in ended_reason(calls(server), call_id)
     await client.close()
 
 
@@ -298,9 +325,9 @@ async def test_server_shutdown_ends_live_calls() -> None:
         await client.connect(base(s), KEY)
         registry = calls(s)
         call_id = client.call_id
-        assert call_id in registry.calls
+        assert call_id in registry.live
         await asyncio.to_thread(s.__exit__, None, None, None)
-    assert not registry.calls and call_id in registry.ended
-    assert "shutting down" in registry.ended[str(call_id)]
+    assert not registry.live and call_id in registry.ended
+    assert "shutting down" in ended_reason(registry, str(call_id))
     assert not s.state.sessions
     await client.close()

@@ -12,7 +12,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from voicebot.engines.base import ChatMessage, Engines, Float32Array, Int16Array, VadScores
+from voicebot.core import events as ev
+from voicebot.core.audio import AudioFormat
+from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
+from voicebot.engines.base import Engines
+from voicebot.sink import AudioChunk
 
 RATE = 16_000
 
@@ -91,6 +95,41 @@ class ToneTts:
 def fake_engines(asr: ScriptedAsr | None = None, llm: SlowLlm | None = None,
                  tts: ToneTts | None = None) -> Engines:
     return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts())
+
+
+class RecordingSink:
+    """An in-memory transport: records events, audio chunks (also as delta events), clears.
+
+    ``positions`` plays a transport that knows what the listener played (item id -> ms); without
+    it the session must fall back on its playout clock, like a WebSocket.
+    """
+
+    chunk_ms = 100.0
+
+    def __init__(self, audio_format: AudioFormat | None = None, positions: dict[str, float] | None = None) -> None:
+        self.audio_format = audio_format
+        self.positions = positions
+        self.events: list[dict[str, object]] = []
+        self.chunks: list[AudioChunk] = []
+        self.ended: list[tuple[str, str]] = []
+        self.clears = 0
+
+    def send_event(self, event: ev.ServerEvent) -> None:
+        self.events.append(event)
+
+    def send_audio(self, chunk: AudioChunk) -> None:
+        self.chunks.append(chunk)
+        self.events.append(ev.audio_delta(chunk.response_id, chunk.item_id, chunk.encoded()))
+
+    def end_audio(self, response_id: str, item_id: str) -> None:
+        self.ended.append((response_id, item_id))
+
+    def clear(self) -> None:
+        self.clears += 1
+        self.events.append({"type": "sink.clear"})  # where the clear fell among the events
+
+    def playback_position(self, item_id: str) -> float | None:
+        return None if self.positions is None else self.positions.get(item_id, 0.0)
 
 
 def tone(ms: float, rate: int = 24_000, amplitude: int = 8000) -> bytes:

@@ -12,17 +12,18 @@ import pytest
 from voicebot.config import from_env
 from voicebot.session import Session
 
-from .fakes import ScriptedAsr, SlowLlm, ToneTts, fake_engines, silence, tone
+from .fakes import RecordingSink, ScriptedAsr, SlowLlm, ToneTts, fake_engines, silence, tone
 
 
 class Harness:
     def __init__(self, *, llm: SlowLlm | None = None, tts: ToneTts | None = None,
-                 asr: ScriptedAsr | None = None, lead_ms: float = 100) -> None:
+                 asr: ScriptedAsr | None = None, lead_ms: float = 100, sink: RecordingSink | None = None) -> None:
         self.llm = llm or SlowLlm()
         self.tts = tts or ToneTts(ms_per_char=8)
         self.asr = asr or ScriptedAsr()
-        self.events: list[dict[str, Any]] = []
-        self.session = Session(fake_engines(self.asr, self.llm, self.tts), from_env({}), self.events.append,
+        self.sink = sink or RecordingSink()
+        self.events: list[dict[str, Any]] = self.sink.events
+        self.session = Session(fake_engines(self.asr, self.llm, self.tts), from_env({}), self.sink,
                                output_lead_ms=lead_ms)
         self.session.start()
 

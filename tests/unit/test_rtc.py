@@ -9,8 +9,10 @@ import aioice.ice
 import av
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicebot.transports.rtc_audio import FRAME_SAMPLES, RTC_RATE, InboundAudio, PlayoutTrack, frame_to_mono
+from voicebot.core.audio import AudioFormat, InputAudio
+from voicebot.transports.rtc_audio import FRAME_SAMPLES, RTC_RATE, PlayoutTrack, frame_to_mono, read_track
 from voicebot.transports.rtc_ice import (
     IceConfigError,
     candidate_addresses,
@@ -54,25 +56,36 @@ async def test_track_advances_on_a_real_time_clock() -> None:
 async def test_clear_drops_everything_queued_at_once() -> None:
     events: list[tuple[str, str | None]] = []
     track = PlayoutTrack(on_started=lambda r: events.append(("started", r)),
-                         on_drained=lambda r: events.append(("drained", r)))
-    track.push(ramp(RTC_RATE * 2), "resp_1")  # 2 s
+                         on_stopped=lambda r: events.append(("stopped", r)))
+    track.push(ramp(RTC_RATE * 2), "item_1", "resp_1")  # 2 s
     assert (await track.recv()).to_ndarray().any()
     dropped = track.clear()
     assert 1900 < dropped <= 2000
     assert not (await track.recv()).to_ndarray().any()
-    assert events == [("started", "resp_1"), ("drained", "resp_1")]
+    assert events == [("started", "resp_1"), ("stopped", "resp_1")]
     assert track.cleared == 1
+    assert track.played_ms("item_1") == 20, "one frame of the item left the track before the clear"
 
 
-async def test_started_and_drained_follow_responses() -> None:
+async def test_started_and_stopped_follow_responses_not_underruns() -> None:
     events: list[tuple[str, str | None]] = []
     track = PlayoutTrack(on_started=lambda r: events.append(("started", r)),
-                         on_drained=lambda r: events.append(("drained", r)))
-    track.push(ramp(FRAME_SAMPLES), "a")
-    track.push(ramp(FRAME_SAMPLES), "b")
+                         on_stopped=lambda r: events.append(("stopped", r)))
+    track.push(ramp(FRAME_SAMPLES), "item_a", "a")
+    track.end("a")
+    track.push(ramp(FRAME_SAMPLES), "item_b", "b")
     for _ in range(3):
         await track.recv()
-    assert events == [("started", "a"), ("drained", "a"), ("started", "b"), ("drained", "b")]
+    # b's audio ran out but b has not ended: an underrun is not the end of the buffer.
+    assert events == [("started", "a"), ("stopped", "a"), ("started", "b")]
+    track.push(ramp(FRAME_SAMPLES // 2), "item_b", "b")
+    track.end("b")
+    await track.recv()
+    assert events[-1] == ("started", "b") and len(events) == 3, "b goes on after the underrun, not restarted"
+    await track.recv()
+    assert events[-1] == ("stopped", "b")
+    assert track.played_ms("item_a") == 20 and track.played_ms("item_b") == 30
+    assert track.played_ms("never") == 0
 
 
 def test_overflow_drops_new_audio_and_counts_it() -> None:
@@ -111,17 +124,37 @@ def test_frame_to_mono_reads_planar_float() -> None:
     assert np.all(frame_to_mono(mono) == 8192)
 
 
-def test_inbound_audio_resamples_48k_to_16k() -> None:
-    inbound = InboundAudio()
+class FrameTrack(MediaStreamTrack):
+    """A remote track that yields the given frames, then ends."""
+
+    kind = "audio"
+
+    def __init__(self, frames: list[av.AudioFrame]) -> None:
+        super().__init__()
+        self._frames = list(frames)
+
+    async def recv(self) -> av.AudioFrame:
+        if not self._frames:
+            raise MediaStreamError
+        return self._frames.pop(0)
+
+
+async def test_read_track_hands_mono_pcm_in_the_frames_own_format_to_the_session_path() -> None:
     t = np.arange(RTC_RATE) / RTC_RATE
     tone = (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)
-    out = []
+    frames = []
     for i in range(0, tone.size, 960):
-        stereo = np.repeat(tone[i : i + 960], 2).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame = av.AudioFrame.from_ndarray(np.repeat(tone[i : i + 960], 2).reshape(1, -1), format="s16",
+                                           layout="stereo")
         frame.sample_rate = RTC_RATE
-        out.append(inbound.feed(frame))
-    samples = np.concatenate(out)
+        frames.append(frame)
+    received: list[tuple[bytes, AudioFormat]] = []
+    await read_track(FrameTrack(frames), lambda pcm, fmt: received.append((pcm, fmt)))
+    assert len(received) == len(frames)
+    assert {fmt for _, fmt in received} == {AudioFormat("pcm16", RTC_RATE)}
+    # The same input path as every transport: 48 kHz mono bytes -> 16 kHz for the VAD and ASR.
+    inbound = InputAudio(received[0][1])
+    samples = np.concatenate([inbound.feed(pcm) for pcm, _ in received])
     assert abs(samples.size - 16_000) < 800  # the low-latency filter holds back a few ms
     spectrum = np.abs(np.fft.rfft(samples[2000:14000]))
     peak_hz = np.argmax(spectrum) * 16_000 / 12000

@@ -10,9 +10,10 @@ import pytest
 from tests.session.fakes import fake_engines
 from voicebot.auth import Authenticator, ClientTokens
 from voicebot.config import from_env
-from voicebot.conversations import ConversationHub, ConversationLimitError, Listener
-from voicebot.core.conversation import Conversation, Item
+from voicebot.conversations import ConversationHub, Listener
+from voicebot.core.conversation import Item
 from voicebot.core.sse import EventLog, parse_last_event_id, retry_frame, sse_frame
+from voicebot.errors import HttpError
 
 
 def test_frames_have_id_event_and_single_line_data() -> None:
@@ -72,9 +73,8 @@ def test_scoped_tokens_only_open_their_scope() -> None:
     assert auth.accepts(anywhere_now)
 
 
-def _hub(**settings: Any) -> tuple[ConversationHub, dict[str, Conversation]]:
-    registry: dict[str, Conversation] = {}
-    return ConversationHub(from_env({}, **settings), fake_engines(), registry), registry
+def _hub(**settings: Any) -> ConversationHub:
+    return ConversationHub(from_env({}, **settings), fake_engines())
 
 
 def _ev(kind: str, **fields: Any) -> dict[str, Any]:
@@ -82,9 +82,9 @@ def _ev(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 async def test_realtime_events_become_conversation_events_and_audio_never_does() -> None:
-    hub, registry = _hub()
+    hub = _hub()
     shared = hub.create("be kind")
-    assert registry[shared.id] is shared.conversation
+    assert hub.get(shared.id) is shared and len(hub) == 1
     conv = shared.conversation
     user = Item("item_u", "user", "input_audio", text="hi")
     conv.add(user)
@@ -116,11 +116,14 @@ async def test_realtime_events_become_conversation_events_and_audio_never_does()
     ]
     assert [e.id for e in shared.log.since(0) or []] == [1, 2, 3, 4, 5]
     await hub.close()
-    assert registry == {}
+    assert len(hub) == 0
+    with pytest.raises(HttpError) as gone:
+        hub.get(shared.id)
+    assert gone.value.status == 404 and gone.value.code == "conversation_not_found"
 
 
 async def test_subscribe_resume_and_reset() -> None:
-    hub, _ = _hub(sse_log_events=3)
+    hub = _hub(sse_log_events=3)
     shared = hub.create()
     for i in range(5):
         shared.publish("e", {"n": i})
@@ -138,16 +141,17 @@ async def test_subscribe_resume_and_reset() -> None:
 
 
 async def test_hub_caps_conversations() -> None:
-    hub, _ = _hub(max_conversations=2)
+    hub = _hub(max_conversations=2)
     hub.create()
     hub.create()
-    with pytest.raises(ConversationLimitError):
+    with pytest.raises(HttpError) as full:
         hub.create()
+    assert full.value.status == 429 and full.value.code == "too_many_conversations"
     await hub.close()
 
 
 async def test_a_failing_mirror_never_breaks_the_emitting_session() -> None:
-    hub, _ = _hub()
+    hub = _hub()
     shared = hub.create()
     shared.conversation.publish({"type": "response.done"})  # malformed: no "response"
     shared.conversation.publish({"type": "conversation.item.added"})

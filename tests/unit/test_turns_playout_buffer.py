@@ -32,6 +32,32 @@ def test_barge_in_only_when_a_reply_is_active_and_allowed() -> None:
     assert TurnTracker().speech_stopped(TurnPolicy(create_response=False)) == [Action.COMMIT_INPUT]
 
 
+def test_talking_over_audio_still_playing_clears_and_cuts_it() -> None:
+    t = TurnTracker()
+    policy = TurnPolicy()
+    # The reply has finished sending, but the listener still has some of it queued.
+    assert t.speech_started(policy, output_playing=True) == [Action.CLEAR_OUTPUT, Action.TRUNCATE_HISTORY]
+    assert t.speech_started(policy, output_playing=False) == []
+    assert t.speech_started(TurnPolicy(interrupt_response=False), output_playing=True) == []
+    # response.cancel, a keypad press: the same actions, whatever the turn-detection policy.
+    t.reply_started()
+    assert t.interrupted() == [Action.CANCEL_REPLY, Action.CLEAR_OUTPUT]
+    t.reply_audio_started()
+    assert t.interrupted() == [Action.CANCEL_REPLY, Action.CLEAR_OUTPUT, Action.TRUNCATE_HISTORY]
+
+
+def test_playout_clock_flush_drops_the_listeners_queue() -> None:
+    clock = PlayoutClock(lead_ms=100)
+    clock.sent(1000, 0.0)
+    assert clock.played_ms(0.3) == 300
+    assert abs(clock.flush(0.3) - 700) < 1e-6
+    # Nothing is queued any more, and what was dropped no longer counts as sent.
+    assert clock.queued_ms(0.3) == 0 and clock.delay_before_send(0.3) == 0
+    assert clock.sent_ms == 300 and clock.played_ms(5.0) == 300
+    clock.sent(100, 0.3)
+    assert clock.sent_ms == 400 and abs(clock.played_ms(0.35) - 350) < 1e-6
+
+
 def test_playout_clock_paces_and_estimates_heard_audio() -> None:
     clock = PlayoutClock(lead_ms=300)
     assert clock.delay_before_send(0.0) == 0

@@ -28,14 +28,10 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from voicebot.core.types import ENGINE_RATE, Float32Array, Int16Array
 from voicebot.errors import VoicebotError
 
-Int16Array = npt.NDArray[np.int16]
-Float32Array = npt.NDArray[np.float32]
 Encoding = Literal["pcm16", "pcmu", "pcma"]
-
-#: The rate of everything that goes into the VAD and the ASR.
-ENGINE_RATE = 16_000
 #: Rates we accept for ``audio/pcm``; the GA API itself only defines 24000.
 PCM_RATES = (8_000, 16_000, 24_000, 48_000)
 G711_RATE = 8_000
@@ -377,20 +373,24 @@ class InputAudio:
 
 
 class OutputAudio:
-    """TTS int16 samples at ``source_rate`` -> bytes in the client's format (one per reply stream)."""
+    """TTS int16 samples at ``source_rate`` -> samples at the client format's rate (one per reply).
+
+    It only resamples: the chunk a sink receives is encoded (μ-law, A-law, little-endian PCM) by the
+    sink that needs bytes, so a WebRTC track takes the samples as they are, never decoding them.
+    """
 
     def __init__(self, source_rate: int, fmt: AudioFormat) -> None:
         self.source_rate = source_rate
         self.fmt = fmt
         self._resampler = StreamResampler(source_rate, fmt.rate)
 
-    def convert(self, samples: Int16Array) -> bytes:
-        """Resample (state carried across calls) and encode the next piece of the reply."""
-        return encode(self.fmt, self._resampler.process(samples))
+    def convert(self, samples: Int16Array) -> Int16Array:
+        """Resample the next piece of the reply (state carried across calls)."""
+        return self._resampler.process(samples)
 
-    def finish(self) -> bytes:
+    def finish(self) -> Int16Array:
         """The tail still inside the resampler, at the end of a response; ready for the next one."""
-        return encode(self.fmt, self._resampler.flush())
+        return self._resampler.flush()
 
     def reset(self) -> None:
         """Drop buffered audio after a barge-in: the next reply starts clean."""

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from voicebot.engines.base import ChatMessage
+from voicebot.core.types import ChatMessage, Role
 from voicebot.errors import ProtocolError
 
-Role = Literal["user", "assistant", "system"]
 ContentType = Literal["input_text", "input_audio", "output_text", "output_audio"]
 Status = Literal["completed", "incomplete", "in_progress"]
 ChangeKind = Literal["added", "updated", "deleted", "truncated"]
@@ -199,10 +198,15 @@ class Conversation:
 
     # --- LLM view ------------------------------------------------------------------------------
 
-    def chat_messages(self, instructions: str) -> list[ChatMessage]:
-        """The history as chat messages for the LLM, oldest first, empty turns left out."""
+    def chat_messages(self, instructions: str, *, before: str | None = None) -> list[ChatMessage]:
+        """The history as chat messages for the LLM, oldest first, empty turns left out.
+
+        ``before``: only the items before this one (a reply sees what was said before it).
+        """
         messages = [ChatMessage("system", instructions)] if instructions else []
         for item in self._items:
+            if item.id == before:
+                break
             text = (item.llm_text or item.text or "").strip()
             if text:
                 messages.append(ChatMessage(item.role, text))

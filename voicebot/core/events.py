@@ -257,16 +257,13 @@ def server_event(type: str, **fields: Any) -> ServerEvent:
 
 
 def error_event(err: ProtocolError) -> ServerEvent:
-    return server_event(
-        "error",
-        error={
-            "type": err.type,
-            "code": err.code,
-            "message": err.message,
-            "param": err.param,
-            "event_id": err.event_id,
-        },
-    )
+    return server_event("error", error=ProtocolError.payload(err))
+
+
+def audio_delta(response_id: str, item_id: str, data: bytes) -> ServerEvent:
+    """``response.output_audio.delta`` carrying raw bytes (base64 only in :func:`dumps`)."""
+    return server_event("response.output_audio.delta", response_id=response_id, item_id=item_id,
+                        output_index=0, content_index=0, delta=data)
 
 
 def _json_default(value: Any) -> Any:

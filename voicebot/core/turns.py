@@ -2,7 +2,13 @@
 
 Sans-I/O: the session reports what happened (speech started/stopped, reply started/audible/ended)
 and gets back the actions to carry out. Keeping the barge-in rule here, in one table, means every
-transport interrupts the same way and the rule is tested without sockets or models.
+transport interrupts the same way and the rule is tested without sockets or models. The session
+carries the actions out through the transport's output sink (clear = drop what is buffered toward
+the listener), so no transport decides anything about a cut.
+
+``output_playing`` is the session's playout clock saying the listener still has audio queued: a
+reply that has finished *sending* can still be *heard* for up to ``output_lead_ms``, and talking
+over that tail interrupts it like any other (the buffered audio is dropped and the history cut).
 """
 
 from __future__ import annotations
@@ -48,14 +54,22 @@ class TurnTracker:
             return TurnState.THINKING
         return TurnState.LISTENING
 
-    def speech_started(self, policy: TurnPolicy) -> list[Action]:
+    def speech_started(self, policy: TurnPolicy, *, output_playing: bool = False) -> list[Action]:
         self.user_speaking = True
-        if self.reply_active and policy.interrupt_response:
-            actions = [Action.CANCEL_REPLY, Action.CLEAR_OUTPUT]
-            if self.reply_audible:
-                actions.append(Action.TRUNCATE_HISTORY)
-            return actions
-        return []
+        if not policy.interrupt_response:
+            return []
+        return self.interrupted(output_playing=output_playing)
+
+    def interrupted(self, *, output_playing: bool = False) -> list[Action]:
+        """The reply must stop now (barge-in, ``response.cancel``, a keypad press): what to do."""
+        actions = []
+        if self.reply_active:
+            actions.append(Action.CANCEL_REPLY)
+        if self.reply_active or output_playing:
+            actions.append(Action.CLEAR_OUTPUT)
+        if self.reply_audible or output_playing:
+            actions.append(Action.TRUNCATE_HISTORY)
+        return actions
 
     def speech_stopped(self, policy: TurnPolicy) -> list[Action]:
         self.user_speaking = False

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,11 +21,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive
 
+from voicebot.config import Settings
 from voicebot.core import events as ev
-from voicebot.engines.base import ChatMessage, LanguageModel
-from voicebot.errors import EngineError
-from voicebot.transports.http_common import HttpError, app_state, read_model, require_api_key
-from voicebot.transports.sse import EventStreamResponse
+from voicebot.core.types import ChatMessage
+from voicebot.engines.base import LanguageModel
+from voicebot.errors import EngineError, HttpError
+from voicebot.transports.access import API, authorize
+from voicebot.transports.event_stream import EventStreamResponse
+from voicebot.transports.http_common import json_errors, read_model
 
 DONE = b"data: [DONE]\n\n"
 
@@ -86,18 +89,18 @@ class _Chunks:
         return f'{self.usage_head}"choices":[],"usage":{json.dumps(usage)}}}\n\n'.encode()
 
 
-def _limits(request: Request, body: ChatRequest) -> tuple[int, float]:
-    settings = app_state(request).settings
+def _limits(settings: Settings, body: ChatRequest) -> tuple[int, float]:
     asked = body.max_completion_tokens or body.max_tokens or settings.max_response_tokens
     temperature = settings.temperature if body.temperature is None else body.temperature
     return min(asked, settings.max_response_tokens), temperature
 
 
 async def _stream(llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int, temperature: float,
-                  chunks: _Chunks, include_usage: bool) -> AsyncIterator[bytes]:
+                  chunks: _Chunks, include_usage: bool) -> AsyncGenerator[bytes, None]:
     stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature)
     tokens = 0
-    try:
+    # Closed when the client leaves (the response cancels us) or we are done: the LLM stops now.
+    async with contextlib.aclosing(stream):
         # The role chunk leaves with the first token (one write instead of two on the TTFT path);
         # headers are already out, so a client still sees the response start at once.
         head = chunks.role()
@@ -108,16 +111,16 @@ async def _stream(llm: LanguageModel, messages: Sequence[ChatMessage], max_token
                 head = b""
         except EngineError as err:
             # Headers are gone already: report in-band, the way the hosted API does (SDKs raise it).
-            error = {"error": {"type": "server_error", "code": "engine_error", "message": str(err)}}
-            yield f"data: {json.dumps(error)}\n\n".encode()
+            yield f"data: {json.dumps(_engine_failure(err).body())}\n\n".encode()
             return
         yield head + chunks.finish("length" if tokens >= max_tokens else "stop")
         if include_usage:
             yield chunks.usage(tokens)
         yield DONE
-    finally:
-        # The client left (the response cancels us) or we are done: stop the LLM now.
-        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _engine_failure(err: EngineError) -> HttpError:
+    return HttpError(502, str(err), "engine_error", type="server_error")
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -127,11 +130,8 @@ async def _until_disconnect(receive: Receive) -> None:
 
 async def _collect(llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int,
                    temperature: float) -> list[str]:
-    stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature)
-    try:
+    async with contextlib.aclosing(llm.stream(messages, max_tokens=max_tokens, temperature=temperature)) as stream:
         return [piece async for piece in stream]
-    finally:
-        await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def _complete(request: Request, llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int,
@@ -155,14 +155,11 @@ async def _complete(request: Request, llm: LanguageModel, messages: Sequence[Cha
     return work.result()
 
 
+@json_errors
 async def chat_completions(request: Request) -> Response:
-    try:
-        require_api_key(request)
-        state = app_state(request)
-        body = await read_model(request, ChatRequest, state.settings.max_text_bytes)
-    except HttpError as err:
-        return err.response()
-    max_tokens, temperature = _limits(request, body)
+    state = authorize(request, API)
+    body = await read_model(request, ChatRequest, state.settings.max_text_bytes)
+    max_tokens, temperature = _limits(state.settings, body)
     messages = [m.to_chat() for m in body.messages]
     llm = state.engines.llm
     completion_id = ev.new_id("chatcmpl")
@@ -174,8 +171,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         pieces = await _complete(request, llm, messages, max_tokens, temperature)
     except EngineError as err:
-        return JSONResponse({"error": {"type": "server_error", "code": "engine_error", "message": str(err),
-                                       "param": None}}, status_code=502)
+        raise _engine_failure(err) from None
     if pieces is None:
         return Response(status_code=499)  # nobody is listening; uvicorn drops it
     text = "".join(pieces)
@@ -189,12 +185,9 @@ async def chat_completions(request: Request) -> Response:
     })
 
 
+@json_errors
 async def list_models(request: Request) -> Response:
-    try:
-        require_api_key(request)
-    except HttpError as err:
-        return err.response()
-    state = app_state(request)
+    state = authorize(request, API)
     model: dict[str, Any] = {"id": state.engines.llm.name, "object": "model", "created": int(state.started_at),
                              "owned_by": "voicebot"}
     return JSONResponse({"object": "list", "data": [model]})

@@ -15,20 +15,19 @@ then ignored; clients configure the session with ``session.update`` once connect
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from voicebot.auth import bearer, origin_allowed
 from voicebot.core import events as ev
+from voicebot.errors import HttpError
 from voicebot.session_config import SessionConfig
-
-if TYPE_CHECKING:
-    from voicebot.server import AppState
+from voicebot.state import AppState
+from voicebot.transports.access import API_KEY_ONLY, app_state, authorize, check_origin
+from voicebot.transports.http_common import json_errors, read_model
 
 #: The demo page mints a token right before it connects, so it needs only a short one; an open
 #: socket stays open after its token expires (as with the hosted API).
@@ -46,12 +45,6 @@ class ClientSecretRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     expires_after: ExpiresAfter | None = None
     session: ev.SessionConfig | None = None
-
-
-def _error(status: int, message: str, code: str, param: str | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"error": {"type": "invalid_request_error", "code": code, "message": message,
-                                      "param": param}, **extra}
-    return JSONResponse(body, status_code=status)
 
 
 def default_session(state: AppState) -> dict[str, Any]:
@@ -76,45 +69,23 @@ def _secret(state: AppState, ttl_s: float) -> dict[str, Any]:
     return {"value": value, "expires_at": int(expires_at), "session": default_session(state)}
 
 
-async def _parse(request: Request) -> ClientSecretRequest | JSONResponse:
-    raw = await request.body()
-    if len(raw) > MAX_REQUEST_BYTES:
-        return _error(413, f"Request body exceeds {MAX_REQUEST_BYTES} bytes.", "request_too_large")
-    if not raw.strip():
-        return ClientSecretRequest()
-    try:
-        return ClientSecretRequest.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        return _error(400, f"The request body is not valid JSON: {exc.msg}.", "invalid_json")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
-        return _error(400, f"Invalid value for '{param}': {first['msg']}.", "invalid_value", param)
-
-
-async def create_client_secret(request: Request) -> JSONResponse:
-    state: AppState = request.app.state.voicebot
+@json_errors
+async def create_client_secret(request: Request) -> Response:
     # Only a real API key may mint: a leaked page token must not be able to renew itself forever.
-    if state.auth.required and not state.auth.is_api_key(bearer(request.headers)):
-        message = "Missing API key." if bearer(request.headers) is None else "Incorrect API key provided."
-        return _error(401, message, "invalid_api_key")
-    parsed = await _parse(request)
-    if isinstance(parsed, JSONResponse):
-        return parsed
+    state = authorize(request, API_KEY_ONLY)
+    parsed = await read_model(request, ClientSecretRequest, MAX_REQUEST_BYTES, empty_ok=True)
     ttl = (parsed.expires_after or ExpiresAfter()).seconds
     return JSONResponse(_secret(state, ttl))
 
 
-async def create_demo_secret(request: Request) -> JSONResponse:
-    state: AppState = request.app.state.voicebot
-    settings = state.settings
-    origin = request.headers.get("origin")
-    if origin is not None and not origin_allowed(origin, request.headers.get("host"), settings.allowed_origins):
-        return _error(403, "This Origin may not request demo tokens.", "origin_not_allowed")
-    if state.auth.required and not settings.demo_page_tokens:
-        return _error(403, "This server requires an API key and does not hand out demo tokens. Paste a client "
-                      "token minted with POST /v1/realtime/client_secrets, or start the server with "
-                      "--demo-page-tokens.", "demo_tokens_disabled", auth_required=True)
+@json_errors
+async def create_demo_secret(request: Request) -> Response:
+    state = app_state(request)
+    check_origin(request, state)
+    if state.auth.required and not state.settings.demo_page_tokens:
+        raise HttpError(403, "This server requires an API key and does not hand out demo tokens. Paste a client "
+                        "token minted with POST /v1/realtime/client_secrets, or start the server with "
+                        "--demo-page-tokens.", "demo_tokens_disabled", auth_required=True)
     return JSONResponse({**_secret(state, DEMO_TOKEN_TTL_S), "auth_required": state.auth.required})
 
 

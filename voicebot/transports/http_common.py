@@ -1,51 +1,38 @@
-"""Shared pieces of the HTTP text API: OpenAI-shaped JSON errors, bounded JSON bodies, auth."""
+"""Shared pieces of the HTTP API: bounded JSON bodies, and handlers whose HttpErrors become JSON.
+
+Every error body is built by :class:`voicebot.errors.HttpError` (the OpenAI shape); every
+credential check is :func:`voicebot.transports.access.authorize`.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from voicebot.auth import bearer
-
-if TYPE_CHECKING:
-    from voicebot.server import AppState
+from voicebot.errors import HttpError
+from voicebot.transports.access import error_response
 
 M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-class HttpError(Exception):
-    """Raised inside a handler; becomes an OpenAI-style ``{"error": {...}}`` JSON response."""
+def json_errors(handler: Handler) -> Handler:
+    """Wrap a route handler so that an HttpError it raises is answered as OpenAI-shaped JSON."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 type: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = status, message, code, param, type
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except HttpError as err:
+            return error_response(err)
 
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.code, self.param, self.type)
-
-
-def error_response(status: int, message: str, code: str, param: str | None = None,
-                   type: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"type": type, "code": code, "message": message, "param": param}},
-                        status_code=status)
-
-
-def app_state(request: Request) -> AppState:
-    state: AppState = request.app.state.voicebot
-    return state
-
-
-def require_api_key(request: Request) -> None:
-    """The long-lived API key in ``Authorization: Bearer`` (or an unscoped client token)."""
-    state = app_state(request)
-    key = bearer(request.headers)
-    if not state.auth.accepts(key):
-        raise HttpError(401, "Missing API key." if key is None else "Incorrect API key provided.", "invalid_api_key")
+    return wrapped
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,8 +1,8 @@
 """``/v1/realtime``: the OpenAI Realtime protocol over a WebSocket. Translation only.
 
 Auth and Origin are checked before the handshake completes (a refused client gets an HTTP 401/403
-with a JSON message, not an open socket). Then one reader (client events -> Session) and one
-writer (Session events -> socket) run until either side goes away; the Session is closed in
+with a JSON message, not an open socket). Then one reader (client messages -> Session) and one
+writer (the sink's outbox -> socket) run until either side goes away; the Session is closed in
 ``finally`` so no task of it outlives the connection.
 """
 
@@ -11,73 +11,106 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections import deque
 
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voicebot.auth import bearer, origin_allowed, subprotocol_key
 from voicebot.core import events as ev
-from voicebot.errors import ProtocolError
+from voicebot.core.audio import AudioFormat
+from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
-
-if TYPE_CHECKING:
-    from voicebot.server import AppState
+from voicebot.sink import AudioChunk
+from voicebot.transports.access import BROWSER, authorize, refuse
 
 log = logging.getLogger(__name__)
 
 #: A client that stops reading is disconnected rather than buffered without bound. Output is
 #: paced at real time, so a healthy client never comes near this.
 MAX_OUTBOX_EVENTS = 5000
+#: Audio deltas are cut to this length: short enough that a cancel stops output almost at once,
+#: long enough that per-event overhead stays negligible.
+DELTA_MS = 100.0
 
 
-def _refusal(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": "invalid_request_error", "code": code, "message": message}},
-                        status_code=status)
+class WebSocketSink:
+    """The Realtime WebSocket's output: every event, audio as ``response.output_audio.delta``.
 
+    Events wait in an outbox for the writer task. ``clear()`` drops the audio deltas still in it
+    (the client drops what it buffered itself when it sees ``speech_started``); the server cannot
+    know what a WebSocket client played, so ``playback_position`` is None and the session's
+    playout clock estimates it (a client refines it with ``conversation.item.truncate``).
+    """
 
-async def refuse(websocket: WebSocket, status: int, message: str, code: str) -> None:
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(_refusal(status, message, code))
-    else:  # servers without the denial extension: the client sees a 403 handshake failure
-        await websocket.close(code=1008, reason=message[:120])
+    audio_format: AudioFormat | None = None  # the session's audio.output.format
+    chunk_ms = DELTA_MS
+
+    def __init__(self) -> None:
+        self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def send_event(self, event: ev.ServerEvent) -> None:
+        self.outbox.append(event)
+        self.wake.set()
+
+    def send_audio(self, chunk: AudioChunk) -> None:
+        self.outbox.append(chunk)
+        self.wake.set()
+
+    def end_audio(self, response_id: str, item_id: str) -> None:
+        pass  # response.output_audio.done follows as an event
+
+    def clear(self) -> None:
+        kept = [e for e in self.outbox if not isinstance(e, AudioChunk)]
+        self.outbox.clear()
+        self.outbox.extend(kept)
+
+    def playback_position(self, item_id: str) -> float | None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def write(self, websocket: WebSocket) -> None:
+        """The writer task: drain the outbox until closed (then flush what is left)."""
+        while True:
+            while self.outbox:
+                entry = self.outbox.popleft()
+                event = entry if not isinstance(entry, AudioChunk) else ev.audio_delta(
+                    entry.response_id, entry.item_id, entry.encoded())
+                try:
+                    await websocket.send_text(ev.dumps(event))
+                except (WebSocketDisconnect, RuntimeError, OSError):
+                    return
+            if self.closed:
+                return
+            self.wake.clear()
+            await self.wake.wait()
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
-    state: AppState = websocket.app.state.voicebot
-    settings = state.settings
+    try:
+        state = authorize(websocket, BROWSER)
+        conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+    except HttpError as err:
+        await refuse(websocket, err)
+        return
     subprotocols = websocket.scope.get("subprotocols", [])
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"),
-                          settings.allowed_origins):
-        await refuse(websocket, 403, "This Origin is not allowed to connect.", "origin_not_allowed")
-        return
-    key = bearer(websocket.headers) or subprotocol_key(subprotocols)
-    if not state.auth.accepts(key):
-        message = "Missing API key." if key is None else "Incorrect API key provided."
-        await refuse(websocket, 401, message, "invalid_api_key")
-        return
-    conversation = None
-    conversation_id = websocket.query_params.get("conversation")
-    if conversation_id:
-        conversation = state.conversations.get(conversation_id) if state.conversations else None
-        if conversation is None:
-            await refuse(websocket, 404, f"Conversation '{conversation_id}' does not exist.",
-                         "conversation_not_found")
-            return
     await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
 
-    outbox: asyncio.Queue[ev.ServerEvent | None] = asyncio.Queue()
-    session = Session(state.engines, settings, outbox.put_nowait, conversation=conversation,
+    sink = WebSocketSink()
+    session = Session(state.engines, state.settings, sink, conversation=conversation,
                       model=websocket.query_params.get("model") or "voicebot")
     state.sessions.add(session)
-    writer = asyncio.create_task(_write(websocket, outbox), name=f"{session.id}:writer")
+    writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer")
     try:
         session.start()
-        await _read(websocket, session, outbox, settings.max_message_bytes, writer)
+        await _read(websocket, session, sink, state.settings.max_message_bytes, writer)
     finally:
         await session.close()
         state.sessions.discard(session)
-        outbox.put_nowait(None)
+        sink.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=2)
         writer.cancel()
@@ -85,8 +118,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             await writer
 
 
-async def _read(websocket: WebSocket, session: Session, outbox: asyncio.Queue[ev.ServerEvent | None],
-                limit: int, writer: asyncio.Task[None]) -> None:
+async def _read(websocket: WebSocket, session: Session, sink: WebSocketSink, limit: int,
+                writer: asyncio.Task[None]) -> None:
     while not writer.done():
         try:
             message = await websocket.receive()
@@ -107,15 +140,7 @@ async def _read(websocket: WebSocket, session: Session, outbox: asyncio.Queue[ev
                 "Binary frames are not supported: send JSON text events.", code="invalid_message")))
             continue
         await session.handle_raw(text)
-        if outbox.qsize() > MAX_OUTBOX_EVENTS:
+        if len(sink.outbox) > MAX_OUTBOX_EVENTS:
             log.warning("session %s: client is not reading; closing", session.id)
             await websocket.close(code=1008, reason="client too slow")
-            return
-
-
-async def _write(websocket: WebSocket, outbox: asyncio.Queue[ev.ServerEvent | None]) -> None:
-    while (event := await outbox.get()) is not None:
-        try:
-            await websocket.send_text(ev.dumps(event))
-        except (WebSocketDisconnect, RuntimeError, OSError):
             return

@@ -5,38 +5,39 @@ bridge is the same for all of them:
 
 * caller audio (μ-law/A-law 8 kHz or L16) goes to ``Session.feed_audio`` in the carrier's own
   format — the Session decodes and resamples it (band-limited, soxr) like any other client's;
-* the reply comes back in the same format from the Session; :class:`PhonePlayout` cuts it into
-  20 ms frames, which a pacer sends on a real-time clock (``--telephony-lead-ms`` ahead), with a
-  mark every 100 ms: the carrier's mark echoes are the caller's playback clock;
-* when the Session reports ``input_audio_buffer.speech_started`` (it has already cancelled the
-  reply), the bridge drops its queue, sends ``clear``, and once the reply is over sends
-  ``conversation.item.truncate`` with the audio covered by the last acknowledged mark, so the
-  history keeps only what the caller heard;
+* the bridge is the session's output sink with the carrier's format and 20 ms chunks, so the
+  session's playout clock paces every frame (``--telephony-lead-ms`` ahead of real time);
+  :class:`PhonePlayout` puts a mark after every 100 ms, and the carrier's mark echoes are the
+  caller's playback clock (the sink's ``playback_position``);
+* barge-in is the Session's, as on every transport: it cuts the history where the last
+  acknowledged mark says, then the sink's ``clear()`` drops unsent frames and sends ``clear``;
 * keypad digits become a user message the assistant answers (and may interrupt it first).
 
-Bad frames are logged and skipped; only the end of the socket or a ``stop`` ends the call.
+Bad frames are logged and skipped; only the end of the socket, a ``stop`` or the server's
+shutdown ends the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from voicebot.auth import bearer
 from voicebot.core import events as ev
-from voicebot.core.playout import PlayoutClock
-from voicebot.errors import ProtocolError
+from voicebot.core.audio import AudioFormat
+from voicebot.core.conversation import Conversation
+from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
+from voicebot.sink import AudioChunk
+from voicebot.state import AppState
+from voicebot.tasks import OwnedTasks
+from voicebot.transports.access import CARRIER, app_state, authorize, refuse
 from voicebot.transports.carriers import CARRIERS
 from voicebot.transports.carriers.base import (
     BadFrame,
@@ -50,17 +51,12 @@ from voicebot.transports.carriers.base import (
     Stop,
 )
 from voicebot.transports.phone_playout import FRAME_MS, Frame, PhonePlayout
-from voicebot.transports.realtime_ws import refuse
 from voicebot.transports.twiml import public_url, twilio_voice, verify_twilio
-
-if TYPE_CHECKING:
-    from voicebot.server import AppState
 
 log = logging.getLogger(__name__)
 
+KIND = "telephony"
 DTMF_GAP_S = 1.5  # digits typed within this gap are one entry ("1 2 3 4"); '#' ends it at once
-SESSION_EXTRA_LEAD_MS = 200  # the Session runs this far ahead of the pacer, so the pacer never starves
-CALL_LOG = "telephony_calls"  # AppState.extras key: the last calls' statistics
 _LOGGED_BAD_FRAMES = 20  # per call at WARNING; the rest at DEBUG (a broken peer must not flood the log)
 
 
@@ -74,60 +70,79 @@ class CallStats:
     frames_out: int = 0
     marks_acked: int = 0
     clears: int = 0
-    truncations: list[tuple[str, int]] = field(default_factory=list)  # (item id, audio_end_ms)
+    #: (item id, ms of it the carrier had acknowledged as played) at each clear
+    truncations: list[tuple[str, int]] = field(default_factory=list)
     dtmf: str = ""
     bad_frames: int = 0
     ended: str = ""
 
 
 class CallBridge:
-    """One call: the carrier's socket on one side, a Session on the other."""
+    """One call: the carrier's socket on one side, a Session on the other (whose sink it is)."""
+
+    kind = KIND
+    chunk_ms = float(FRAME_MS)
 
     def __init__(self, state: AppState, carrier: str, serializer: Serializer, websocket: WebSocket,
-                 query: Mapping[str, str]) -> None:
+                 conversation: Conversation | None) -> None:
+        self.id = ev.new_id("tel")
         self.state = state
         self.settings = state.settings
         self.serializer = serializer
         self.websocket = websocket
-        self.query = dict(query)
+        self.conversation = conversation
         self.stats = CallStats(carrier)
+        self.end_reason: str | None = None
         self.session: Session | None = None
         self.playout: PhonePlayout | None = None
-        self._events: asyncio.Queue[ev.ServerEvent | None] = asyncio.Queue()
-        self._send_lock = asyncio.Lock()
+        self._urgent: deque[Outbound] = deque()  # a clear: sent before any frame still queued
         self._wake = asyncio.Event()
-        self._clock = PlayoutClock(self.settings.telephony_lead_ms)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._active_response: str | None = None
-        self._truncate: tuple[str, float] | None = None  # sent once the reply is over
-        self._reply_after_done = False
+        self._reader: asyncio.Task[str] | None = None
+        self._tasks = OwnedTasks(self.id, lambda task, exc: self.stop(f"internal error in {task.get_name()}: {exc}"))
         self._digits = ""
         self._dtmf_task: asyncio.Task[None] | None = None
         self._gone = False
 
+    @property
+    def audio_format(self) -> AudioFormat | None:
+        return self.playout.fmt if self.playout is not None else None
+
+    def summary(self) -> object:
+        return self.stats
+
     # --- lifecycle -----------------------------------------------------------------------------
 
+    def stop(self, reason: str) -> None:
+        """End the call from our side (shutdown); idempotent."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        if self._reader is not None:
+            self._reader.cancel()
+
     async def run(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"{self.id}:reader")
+        close_code: int | None = None
         try:
-            self.stats.ended = await self._read()
+            self.stats.ended = await self._reader
+            if self.end_reason is not None:  # we refused the call (e.g. an unknown conversation)
+                close_code = 1008
+        except asyncio.CancelledError:
+            if self.end_reason is None:
+                raise  # our own task was cancelled, not just the reader
+            self.stats.ended = self.end_reason
+            close_code = 1001  # going away: the server is shutting down
         finally:
+            self.end_reason = self.end_reason or self.stats.ended or "closed"
             await self._shutdown()
+            if close_code is not None:
+                with contextlib.suppress(Exception):
+                    await self.websocket.close(code=close_code, reason=self.end_reason[:120])
 
     async def _shutdown(self) -> None:
-        tasks: list[asyncio.Task[None]] = [*self._tasks]
-        if self._dtmf_task is not None:
-            tasks.append(self._dtmf_task)
         if self.session is not None:
             await self.session.close()
             self.state.sessions.discard(self.session)
-        self._events.put_nowait(None)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
-        calls: deque[CallStats] = self.state.extras.setdefault(CALL_LOG, deque(maxlen=50))
-        calls.append(self.stats)
+        await self._tasks.cancel_all()
         s = self.stats
         log.info("%s call %s ended (%s): %d frames in, %d out, %d clears, %d bad frames", s.carrier,
                  s.call_id or "?", s.ended or "closed", s.frames_in, s.frames_out, s.clears, s.bad_frames)
@@ -153,7 +168,8 @@ class CallBridge:
             for event in events:
                 if isinstance(event, Stop):
                     return event.reason
-                await self._on_carrier(event)
+                if (ended := self._on_carrier(event)) is not None:
+                    return ended
 
     def _bad_frame(self, why: str) -> None:
         self.stats.bad_frames += 1
@@ -162,109 +178,106 @@ class CallBridge:
 
     # --- carrier -> session --------------------------------------------------------------------
 
-    async def _on_carrier(self, event: CarrierEvent) -> None:
+    def _on_carrier(self, event: CarrierEvent) -> str | None:
+        """Handle one carrier event; a reason string ends the call."""
         match event:
             case Start():
-                if self.session is None:
-                    await self._start(event)
-                else:
+                if self.session is not None:
                     self._bad_frame("a second 'start' on the same stream")
+                    return None
+                return self._start(event)
             case Media(audio=audio):
-                if self.session is None:
+                if self.session is None or self.playout is None:
                     self._bad_frame("media before 'start'")
-                    return
+                    return None
                 self.stats.frames_in += 1
                 try:
-                    self.session.feed_audio(audio)
+                    self.session.feed_audio(audio, self.playout.fmt)
                 except ProtocolError as exc:
                     self._bad_frame(f"undecodable audio: {exc}")
             case Dtmf(digit=digit):
-                await self._on_dtmf(digit)
+                self._on_dtmf(digit)
             case MarkAck(name=name):
                 if self.playout is not None and self.playout.ack(name) is not None:
                     self.stats.marks_acked += 1
+        return None
 
-    async def _start(self, start: Start) -> None:
-        conversation_id = start.params.get("conversation") or self.query.get("conversation")
-        conversation = self.state.conversations.get(conversation_id) if conversation_id else None
-        if conversation_id and conversation is None:
-            # Never drop a call over this: answer it with a conversation of its own.
-            log.warning("call %s: conversation %r does not exist; using a new one", start.call_id, conversation_id)
-        self.session = Session(self.state.engines, self.settings, self._events.put_nowait,
-                               conversation=conversation, model=f"telephony-{self.stats.carrier}",
-                               output_lead_ms=self.settings.telephony_lead_ms + SESSION_EXTRA_LEAD_MS)
-        self.state.sessions.add(self.session)
-        self.stats.call_id = start.call_id
-        self.stats.conversation_id = self.session.conversation.id
+    def _start(self, start: Start) -> str | None:
+        conversation = self.conversation
+        if conversation is None and start.params.get("conversation"):
+            try:  # the same answer as on every transport: an unknown conversation is refused
+                conversation = self.state.resolve_conversation(start.params["conversation"])
+            except HttpError as err:
+                log.warning("%s call %s refused: %s", self.stats.carrier, start.call_id, err.message)
+                self.end_reason = err.message
+                return err.message
         self.playout = PhonePlayout(start.fmt)
-        self._tasks = [asyncio.create_task(self._pump(), name=f"{self.session.id}:phone-events"),
-                       asyncio.create_task(self._pace(), name=f"{self.session.id}:phone-pacer")]
-        self.session.start()
-        fmt = start.fmt.to_wire()
-        config: dict[str, Any] = {"type": "realtime", "audio": {"input": {"format": fmt}, "output": {"format": fmt}}}
+        session = self.session = Session(self.state.engines, self.settings, self, conversation=conversation,
+                                         model=f"telephony-{self.stats.carrier}",
+                                         output_lead_ms=self.settings.telephony_lead_ms)
+        self.state.sessions.add(session)
+        self.stats.call_id = start.call_id
+        self.stats.conversation_id = session.conversation.id
+        self._tasks.spawn(self._write(), "writer")
+        session.start()
         if start.params.get("instructions"):  # per-number prompts: <Parameter name="instructions">
-            config["instructions"] = start.params["instructions"]
-        await self._handle({"type": "session.update", "session": config})
+            session.update(ev.SessionConfig(instructions=start.params["instructions"]))
         log.info("%s call %s started (%s %d Hz, conversation %s)", self.stats.carrier, start.call_id,
-                 start.fmt.encoding, start.fmt.rate, self.session.conversation.id)
+                 start.fmt.encoding, start.fmt.rate, session.conversation.id)
+        return None
 
-    async def _handle(self, event: dict[str, Any]) -> None:
-        """A client event into the Session, exactly as a Realtime client would send it."""
-        if self.session is not None:
-            await self.session.handle_raw(json.dumps(event))
+    # --- the session's output sink -------------------------------------------------------------
 
-    # --- session -> carrier --------------------------------------------------------------------
+    def send_event(self, event: ev.ServerEvent) -> None:
+        if event["type"] == "error":  # nobody on a phone line reads events; the log does
+            log.warning("%s call %s: session error: %s", self.stats.carrier, self.stats.call_id,
+                        event["error"].get("message"))
 
-    async def _pump(self) -> None:
-        while (event := await self._events.get()) is not None:
-            await self._on_session(event)
-
-    async def _on_session(self, event: ev.ServerEvent) -> None:
+    def send_audio(self, chunk: AudioChunk) -> None:
         assert self.playout is not None
-        match event["type"]:
-            case "response.output_audio.delta":
-                self.playout.push(event["item_id"], event["delta"])
-                self._wake.set()
-            case "response.output_audio.done":
-                self.playout.end_item()
-                self._wake.set()
-            case "response.created":
-                self._active_response = event["response"]["id"]
-            case "response.done":
-                if self._active_response == event["response"]["id"]:
-                    self._active_response = None
-                await self._after_reply()
-            case "input_audio_buffer.speech_started":
-                await self._barge_in()
-            case "error":
-                log.warning("%s call %s: session error: %s", self.stats.carrier, self.stats.call_id,
-                            event["error"].get("message"))
+        self.playout.push(chunk.item_id, chunk.encoded())
+        self._wake.set()
 
-    async def _pace(self) -> None:
-        """Send queued frames on the real-time clock; marks go out right after their audio."""
+    def end_audio(self, response_id: str, item_id: str) -> None:
+        assert self.playout is not None
+        self.playout.end_item()
+        self._wake.set()
+
+    def clear(self) -> None:
+        """Barge-in: drop the frames not yet sent and tell the carrier to drop what it buffers."""
+        playout = self.playout
+        if playout is None:
+            return
+        item = playout.playing_item()
+        if item is not None and playout.sent_ms.get(item):
+            self.stats.truncations.append((item, int(playout.heard_ms.get(item, 0.0))))
+        playout.clear()
+        self._urgent.append(self.serializer.clear())
+        self.stats.clears += 1
+        self._wake.set()
+
+    def playback_position(self, item_id: str) -> float | None:
+        """The audio of the item covered by the last mark the carrier echoed."""
+        return self.playout.heard_ms.get(item_id, 0.0) if self.playout is not None else None
+
+    async def _write(self) -> None:
+        """Send what the session handed over, at once: it is already paced (marks right after their audio)."""
         assert self.playout is not None
         playout = self.playout
         while True:
-            upcoming = playout.peek()
-            if upcoming is None:
+            if self._urgent:
+                await self._send(self._urgent.popleft())
+                continue
+            out = playout.pop()
+            if out is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if isinstance(upcoming, Frame):
-                delay = self._clock.delay_before_send(time.monotonic())
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    continue  # look again: a barge-in may have cleared the queue meanwhile
-            async with self._send_lock:  # popped and sent atomically: a clear cannot slip between
-                out = playout.pop()
-                if out is None:
-                    continue
-                if isinstance(out, Frame):
-                    self._clock.sent(FRAME_MS, time.monotonic())
-                    self.stats.frames_out += 1
-                    await self._send(self.serializer.media(out.audio))
-                else:
-                    await self._send(self.serializer.mark(out.name))
+            if isinstance(out, Frame):
+                self.stats.frames_out += 1
+                await self._send(self.serializer.media(out.audio))
+            else:
+                await self._send(self.serializer.mark(out.name))
 
     async def _send(self, message: Outbound) -> None:
         if self._gone:
@@ -277,113 +290,72 @@ class CallBridge:
         except (WebSocketDisconnect, RuntimeError, OSError):
             self._gone = True
 
-    # --- barge-in ------------------------------------------------------------------------------
-
-    async def _barge_in(self) -> None:
-        """Stop what the caller hears now; cut the history to the last acknowledged mark."""
-        playout = self.playout
-        if playout is None or not (playout.playing or self._active_response):
-            return
-        item = playout.playing_item()
-        async with self._send_lock:
-            playout.clear()
-            await self._send(self.serializer.clear())
-        self._clock = PlayoutClock(self.settings.telephony_lead_ms)  # the carrier's buffer is empty now
-        self.stats.clears += 1
-        if item is not None and playout.sent_ms.get(item):
-            self._truncate = (item, playout.heard_ms.get(item, 0.0))
-            if self._active_response is None:
-                await self._after_reply()
-
-    async def _after_reply(self) -> None:
-        """The reply is over: apply a pending truncation, start a reply a keypad entry asked for."""
-        if self._active_response is not None:
-            return
-        if self._truncate is not None and self.session is not None:
-            item_id, heard = self._truncate
-            self._truncate = None
-            if item_id in self.session.conversation:
-                # The last frame was padded with silence: never claim more than the item's audio.
-                audio_end = int(min(heard, self.session.conversation.get(item_id).audio_ms))
-                self.stats.truncations.append((item_id, audio_end))
-                await self._handle({"type": "conversation.item.truncate", "item_id": item_id,
-                                    "content_index": 0, "audio_end_ms": audio_end})
-        if self._reply_after_done:
-            self._reply_after_done = False
-            await self._handle({"type": "response.create"})
-
     # --- keypad --------------------------------------------------------------------------------
 
-    async def _on_dtmf(self, digit: str) -> None:
+    def _on_dtmf(self, digit: str) -> None:
         if self.session is None:
             self._bad_frame("dtmf before 'start'")
             return
         self.stats.dtmf += digit
         if self.settings.dtmf_interrupts:
-            active = self._active_response
-            await self._barge_in()
-            if active is not None:
-                await self._handle({"type": "response.cancel"})
+            self.session.interrupt("dtmf")  # exactly what talking over the assistant does
         self._digits += digit
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
             self._dtmf_task = None
         if digit == "#":
-            await self._submit_digits()
+            self._submit_digits()
         else:
-            self._dtmf_task = asyncio.create_task(self._digits_after_gap(), name=f"{self.session.id}:dtmf")
+            self._dtmf_task = self._tasks.spawn(self._digits_after_gap(), "dtmf")
 
     async def _digits_after_gap(self) -> None:
         await asyncio.sleep(DTMF_GAP_S)
         self._dtmf_task = None
-        await self._submit_digits()
+        self._submit_digits()
 
-    async def _submit_digits(self) -> None:
+    def _submit_digits(self) -> None:
         digits, self._digits = self._digits, ""
-        if not digits:
+        if not digits or self.session is None:
             return
-        said = f"(The caller pressed {' '.join(digits)} on the phone keypad.)"
-        await self._handle({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": said}]}})
-        if self._active_response is None:
-            await self._handle({"type": "response.create"})
-        else:
-            self._reply_after_done = True
+        self.session.add_user_text(f"(The caller pressed {' '.join(digits)} on the phone keypad.)")
+        self._tasks.spawn(self._reply_when_idle(self.session), "keypad-reply")
+
+    @staticmethod
+    async def _reply_when_idle(session: Session) -> None:
+        await session.wait_idle()  # a reply still speaking (keypad presses that do not interrupt)
+        session.create_response()
 
 
 # --- the endpoint ----------------------------------------------------------------------------------
 
 
-async def _authorized(websocket: WebSocket, state: AppState, carrier: str) -> bool:
+def _authorize_carrier(websocket: WebSocket, carrier: str) -> AppState:
     """Twilio signs the handshake (checked when its auth token is set); others present an API key."""
+    state = app_state(websocket)
     settings = state.settings
     if carrier == "twilio" and settings.twilio_auth_token:
         url = public_url(settings, websocket.url, websocket=True)
         if verify_twilio(settings.twilio_auth_token, url, (), websocket.headers.get("x-twilio-signature")):
-            return True
+            return state
         log.warning("refused a Twilio media stream with a bad X-Twilio-Signature (url %s)", url)
-        await refuse(websocket, 403, "Invalid X-Twilio-Signature.", "invalid_signature")
-        return False
-    key = bearer(websocket.headers) or websocket.query_params.get("token")
-    if state.auth.accepts(key):
-        return True
-    await refuse(websocket, 401, "Missing API key." if key is None else "Incorrect API key provided.",
-                 "invalid_api_key")
-    return False
+        raise HttpError(403, "Invalid X-Twilio-Signature.", "invalid_signature")
+    return authorize(websocket, CARRIER)
 
 
 async def media_endpoint(websocket: WebSocket) -> None:
-    state: AppState = websocket.app.state.voicebot
     carrier = websocket.path_params["carrier"]
     make = CARRIERS.get(carrier)
-    if make is None:
-        await refuse(websocket, 404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.",
-                     "unknown_carrier")
-        return
-    if not await _authorized(websocket, state, carrier):
+    try:
+        if make is None:
+            raise HttpError(404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.", "unknown_carrier")
+        state = _authorize_carrier(websocket, carrier)
+        conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+    except HttpError as err:
+        await refuse(websocket, err)
         return
     await websocket.accept()
-    await CallBridge(state, carrier, make(), websocket, websocket.query_params).run()
+    bridge = CallBridge(state, carrier, make(), websocket, conversation)
+    await state.calls.run(bridge, bridge.run())
 
 
 routes = [

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
@@ -26,9 +25,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from voicebot.config import Settings
-
-if TYPE_CHECKING:
-    from voicebot.server import AppState
+from voicebot.errors import HttpError
+from voicebot.transports.access import app_state
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +99,10 @@ def connect_stream_twiml(stream_url: str, parameters: dict[str, str]) -> str:
 
 
 async def twilio_voice(request: Request) -> Response:
-    state: AppState = request.app.state.voicebot
-    settings = state.settings
+    try:
+        settings = app_state(request).settings
+    except HttpError as err:
+        return PlainTextResponse(err.message, status_code=err.status)
     body = await request.body()
     if len(body) > MAX_WEBHOOK_BYTES:
         return PlainTextResponse("Request body too large.", status_code=413)

@@ -1,0 +1,51 @@
+"""The process-wide state every transport shares: settings, engines, who may connect, and registries.
+
+Transports import this module (never ``server.py``, which only assembles the app), so the
+dependencies run one way: server -> transports -> state -> conversations / session -> engines -> core.
+The server's lifespan builds one :class:`AppState` and puts it at ``app.state.voicebot``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from voicebot.auth import Authenticator
+from voicebot.calls import CallRegistry
+from voicebot.config import Settings
+from voicebot.conversations import ConversationHub
+from voicebot.core.conversation import Conversation
+from voicebot.engines.base import Engines
+from voicebot.session import Session
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engines: Engines
+    auth: Authenticator
+    hub: ConversationHub
+    sessions: set[Session] = field(default_factory=set)  # every live realtime session, any transport
+    calls: CallRegistry = field(default_factory=CallRegistry)  # WebRTC and telephony calls
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings, engines: Engines) -> AppState:
+        return cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+
+    def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
+        """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.
+
+        The same answer on every transport: an unknown id is refused with 404 ``conversation_not_found``.
+        """
+        if not conversation_id:
+            return None
+        return self.hub.get(conversation_id).conversation
+
+    async def aclose(self) -> None:
+        """Shutdown: end every call and session, then every conversation stream."""
+        await self.calls.aclose()
+        for session in list(self.sessions):
+            await session.close()
+        await self.hub.close()
+
