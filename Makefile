@@ -21,9 +21,10 @@ serve: install  ## start the server on http://127.0.0.1:8000 (Ctrl-C stops it)
 test: install  ## run the whole test suite (real engines, real speech)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install  ## ruff, mypy, and the layer contracts of docs/architecture.md (import-linter)
 	$(BIN)/ruff check voicebot tests scripts
 	$(BIN)/mypy voicebot
+	$(BIN)/lint-imports
 
 bench: install  ## voice-to-voice and barge-in latency through the official SDK
 	$(BIN)/python scripts/bench_latency.py $(ARGS)
