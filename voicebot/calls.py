@@ -51,7 +51,7 @@ class CallRegistry:
         self.ended: OrderedDict[str, EndedCall] = OrderedDict()
         #: Requests that created a call, by a key the transport chooses (a WebRTC offer's ICE
         #: ufrag) -> the call id, so a replayed request is refused with a reason.
-        self.answered: OrderedDict[str, str] = OrderedDict()
+        self.requests: OrderedDict[str, str] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[Any]] = {}
 
     def count(self, kind: str) -> int:
@@ -83,13 +83,11 @@ class CallRegistry:
         self._tasks.pop(call.id, None)
         if task is not None and not task.cancelled() and (exc := task.exception()) is not None:
             log.error("call %s failed", call.id, exc_info=exc)
-        self.remember(self.ended, call.id, EndedCall(call.kind, call.end_reason or "closed", call.summary()))
+        _remember(self.ended, call.id, EndedCall(call.kind, call.end_reason or "closed", call.summary()))
 
-    @staticmethod
-    def remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
-        table[key] = value
-        while len(table) > REMEMBERED:
-            table.popitem(last=False)
+    def answered(self, key: str, call: Call) -> None:
+        """The request known by ``key`` created ``call``: a replay of it can be refused by name."""
+        _remember(self.requests, key, call.id)
 
     def ended_summaries(self, kind: str) -> list[object]:
         """The remembered summaries of ended calls of one transport, oldest first."""
@@ -109,3 +107,9 @@ class CallRegistry:
         tasks = [t for t in self._tasks.values() if t is not asyncio.current_task()]
         if tasks:
             await asyncio.wait(tasks, timeout=TEARDOWN_TIMEOUT_S)
+
+
+def _remember(table: OrderedDict[str, Any], key: str, value: Any) -> None:
+    table[key] = value
+    while len(table) > REMEMBERED:
+        table.popitem(last=False)

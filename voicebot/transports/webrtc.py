@@ -275,7 +275,7 @@ async def _read_offer(request: Request) -> Offer:
 
 
 def _check_new_offer(state: AppState, offer: Offer) -> None:
-    call_id = state.calls.answered.get(offer.key)
+    call_id = state.calls.requests.get(offer.key)
     if call_id is not None:
         status = "has ended" if call_id in state.calls.ended else "is active"
         raise OfferError(f"This offer was already answered: call {call_id} {status}. "
@@ -316,7 +316,7 @@ async def create_call(request: Request) -> Response:
         detail = str(exc) or type(exc).__name__
         raise HttpError(400, f"The offer cannot be answered: {detail}", "invalid_offer") from None
     state.calls.start(call, call.run())
-    state.calls.remember(state.calls.answered, offer.key, call.id)
+    state.calls.answered(offer.key, call)
     log.info("call %s: answered (%s%s)", call.id, "/".join(offer.codecs),
              ", oai-events" if offer.has_data_channel else ", no data channel")
     return Response(answer, status_code=201, media_type="application/sdp",
