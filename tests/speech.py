@@ -23,6 +23,8 @@ class Utterance:
 
     def samples(self) -> np.ndarray:
         """int16 mono samples at 16 kHz."""
+        if self.path.suffix == ".raw":  # headerless 16 kHz int16 (the pocketsphinx decoder tests)
+            return np.frombuffer(self.path.read_bytes(), dtype="<i2").copy()
         with wave.open(str(self.path), "rb") as w:
             assert w.getframerate() == 16_000 and w.getnchannels() == 1 and w.getsampwidth() == 2
             return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
@@ -45,8 +47,18 @@ def cards() -> list[Utterance]:
     return _parse(DATA / "cards" / "cards.transcription", DATA / "cards")
 
 
+def goforward() -> Utterance:
+    """pocketsphinx's own decoder test recording."""
+    return Utterance("goforward", DATA / "goforward.raw", "go forward ten meters")
+
+
+def all_utterances() -> list[Utterance]:
+    """Every recording with a transcript: 5 read sentences, 5 card names, one command (11)."""
+    return [*librivox(), *cards(), goforward()]
+
+
 def utterance(name: str) -> Utterance:
-    for u in librivox() + cards():
+    for u in all_utterances():
         if u.name == name or u.name.endswith(name):
             return u
     raise KeyError(name)

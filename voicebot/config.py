@@ -80,6 +80,12 @@ class Settings:
         metadata=_meta("CPU threads per ASR call. 2 makes one transcription ~40% faster on 2 cores "
                        "(0.5 s vs 0.82 s for a 3 s utterance), which is what a speaker waits for."),
     )
+    asr_window_s: float = field(
+        default=10.0,
+        metadata=_meta("Shortest Whisper window (seconds): a turn is encoded in a window of its own length, "
+                       "at least this long, instead of Whisper's fixed 30 s (2x faster on 2 cores, same WER; "
+                       "shorter windows make the model repeat itself). 0 = always 30 s."),
+    )
     llm_base_url: str = field(
         default="",
         metadata=_meta("OpenAI-compatible chat endpoint (e.g. http://host:8080/v1). Empty = embedded llama.cpp."),

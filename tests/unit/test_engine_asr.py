@@ -10,7 +10,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from voicebot.engines.asr_whisper import WhisperRecognizer
+from voicebot.engines.asr_whisper import WhisperRecognizer, looped
 from voicebot.models import whisper_model_dir
 
 DATA = Path("/usr/share/pocketsphinx/test/data")
@@ -62,6 +62,12 @@ def asr() -> WhisperRecognizer:
     return WhisperRecognizer(whisper_model_dir("tiny.en"), name="tiny.en", workers=2)
 
 
+@pytest.fixture(scope="module")
+def asr_30s() -> WhisperRecognizer:
+    """faster-whisper's own path: every input padded to the 30 s window."""
+    return WhisperRecognizer(whisper_model_dir("tiny.en"), name="tiny.en", workers=1, min_window_s=0)
+
+
 def test_normalize() -> None:
     assert normalize("Mr. Dashwood had 5 cold-hearted, 42 sons!") == (
         "mister dashwood had five cold hearted forty two sons"
@@ -76,6 +82,26 @@ def test_wer_on_real_speech(asr: WhisperRecognizer) -> None:
     assert all(hyps), f"empty transcript: {hyps}"
     wer = jiwer.wer(refs, hyps)
     assert wer < MAX_WER, list(zip(refs, hyps, strict=True))
+
+
+def test_the_short_window_is_as_accurate_as_the_30_s_one(asr: WhisperRecognizer,
+                                                         asr_30s: WhisperRecognizer) -> None:
+    items = corpus()
+    refs = [normalize(ref) for _, ref in items]
+    short = jiwer.wer(refs, [normalize(asr.transcribe(load_wav(p), "en")) for p, _ in items])
+    full = jiwer.wer(refs, [normalize(asr_30s.transcribe(load_wav(p), "en")) for p, _ in items])
+    assert short <= full + 0.02, (short, full)
+
+
+def test_a_looping_short_window_falls_back_to_the_full_one(asr: WhisperRecognizer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    assert looped("ten of clubs " * 8, 4.0) and looped("ten of clubs ten of clubs ten", 1.2)
+    assert not looped("ten of clubs", 1.2) and not looped("he was not an ill disposed young man", 2.0)
+    path, ref = corpus()[5]
+    monkeypatch.setattr(asr, "_short_window", lambda audio, language: None)  # as if it had looped
+    before = asr.fallbacks
+    assert normalize(asr.transcribe(load_wav(path), "en")) == normalize(ref)
+    assert asr.fallbacks == before + 1
 
 
 def test_silence_and_short_input_give_empty_text(asr: WhisperRecognizer) -> None:

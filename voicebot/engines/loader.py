@@ -65,6 +65,7 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
             name=settings.asr_model,
             workers=settings.asr_workers,
             threads=settings.asr_threads,
+            min_window_s=settings.asr_window_s,
         ),
     )
     tts = _timed(
