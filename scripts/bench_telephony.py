@@ -32,10 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_latency import drive, row, speech_bounds_ms
+from scripts.bench_latency import barge_in, close_session, new_results, open_session, row, speech_bounds_ms, turn
 from scripts.phone_sim import call, to_ulaw
 from tests.conftest import start_server, stop_server
-from tests.realtime_client import Recorder
 from tests.speech import cards, librivox, normalize, wer
 
 KEY = "bench-key"
@@ -107,12 +106,21 @@ async def phone_barge_in(url: str, question: np.ndarray, interruption: np.ndarra
         await asyncio.sleep(1.0)
 
 
-async def websocket_runs(base: str, utterances: list[np.ndarray], args: argparse.Namespace,
-                         results: dict[str, list[float]]) -> None:
-    ws: dict[str, list[float]] = {k: [] for k in ("voice_to_voice", "endpointing", "asr", "llm_first_token",
-                                                  "first_tts_audio", "barge_in_detect", "barge_in_cancelled",
-                                                  "barge_in_last_delta")}
-    await drive(base, KEY, utterances, args.turns, args.barge_ins, LONG_ANSWERS, ws, Recorder(), "websocket ")
+async def websocket_runs(base: str, args: argparse.Namespace, results: dict[str, list[float]]) -> None:
+    ws = new_results()
+    utterances = librivox() + cards()
+    manager, session, tasks = await open_session(base, KEY, LONG_ANSWERS)
+    try:
+        for i in range(args.turns):
+            print(f"websocket turn {i + 1}/{args.turns}", flush=True)
+            u = utterances[i % len(utterances)]
+            await turn(session, u.samples(), u.text, ws)
+        for i in range(args.barge_ins):
+            print(f"websocket barge-in {i + 1}/{args.barge_ins}", flush=True)
+            await barge_in(session, utterances[i % len(utterances)].samples(),
+                           utterances[(i + 3) % len(utterances)].samples(), ws)
+    finally:
+        await close_session(manager, tasks)
     results["websocket voice-to-voice (first delta)"] = ws["voice_to_voice"]
     results["websocket barge-in: onset -> speech_started"] = ws["barge_in_detect"]
     results["websocket barge-in: onset -> last delta"] = ws["barge_in_last_delta"]
@@ -135,7 +143,7 @@ async def latency(args: argparse.Namespace) -> None:
             await phone_barge_in(url, utterances[i % len(utterances)], utterances[(i + 3) % len(utterances)],
                                  results)
         if not args.phone_only:
-            await websocket_runs(server.http, utterances, args, results)
+            await websocket_runs(server.http, args, results)
             load.append(os.getloadavg()[0])
     finally:
         stop_server(server)

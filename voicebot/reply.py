@@ -40,6 +40,8 @@ class ReplyTimings:
     """Wall-clock marks (time.monotonic seconds) of one reply, for metrics and benchmarks."""
 
     started: float = field(default_factory=time.monotonic)
+    history_ready: float | None = None  # every user turn transcribed: the LLM can be asked
+    released: float | None = None  # the turn ended (a speculative reply waits for this to be heard)
     llm_first_token: float | None = None
     first_clause: float | None = None
     tts_first_audio: float | None = None
@@ -51,6 +53,8 @@ class ReplyTimings:
             return None if mark is None else round((mark - self.started) * 1000, 1)
 
         return {
+            "history_ready_ms": since(self.history_ready),
+            "released_ms": since(self.released),
             "llm_first_token_ms": since(self.llm_first_token),
             "first_clause_ms": since(self.first_clause),
             "tts_first_audio_ms": since(self.tts_first_audio),

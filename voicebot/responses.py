@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +217,7 @@ class Responses:
             if not reply.speculative:
                 self._announce_response(reply)
                 pipeline.messages = await self._history_for(reply)
+            pipeline.timings.history_ready = time.monotonic()
             async with asyncio.TaskGroup() as group:
                 # The pipeline starts thinking at once; it emits nothing until released.
                 group.create_task(pipeline.run())
@@ -223,6 +225,7 @@ class Responses:
                 if reply.speculative:
                     self._announce_response(reply)
                 self._announce_item(reply)
+                pipeline.timings.released = time.monotonic()
                 pipeline.released.set()
         except asyncio.CancelledError:
             status, details = "cancelled", {"type": "cancelled", "reason": reply.cancel_reason}

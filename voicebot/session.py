@@ -28,7 +28,7 @@ from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.conversation import ContentType, Conversation, Item
-from voicebot.core.endpoint import PauseStarted, SpeechResumed, SpeechStarted, SpeechStopped
+from voicebot.core.endpoint import JudgeTurn, PauseStarted, SpeechResumed, SpeechStarted, SpeechStopped
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, Int16Array
@@ -72,6 +72,7 @@ class Session:
         self.hearing = Hearing(engines.vad(), self.config.vad)
         self._speech_item_id = ev.new_id("item")
         self.speculation: Speculation | None = None
+        self.turn_complete_probability: float | None = None  # the turn model's last verdict
         self.transcriptions: dict[str, asyncio.Task[str]] = {}
         self._tasks = OwnedTasks(self.id, self._task_failed)
         self._closed = False
@@ -203,6 +204,9 @@ class Session:
                                 "turn_detected")
             case PauseStarted():
                 self._speculate()
+            case JudgeTurn(pause=pause):
+                if self.engines.turn is not None:
+                    self.spawn(self._judge(pause, self.hearing.speech_audio()), "judge-turn")
             case SpeechResumed():
                 self._drop_speculation()
             case SpeechStopped(audio_end_ms=end):
@@ -224,6 +228,13 @@ class Session:
         self.speculation = Speculation(task)
         if self.settings.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
+
+    async def _judge(self, pause: int, audio: Int16Array) -> None:
+        """Ask the turn model whether the pause ends the turn; the endpointer weighs the answer."""
+        assert self.engines.turn is not None
+        probability = await asyncio.to_thread(self.engines.turn.complete_probability, int16_to_float32(audio))
+        self.turn_complete_probability = probability
+        self.hearing.judged(pause, probability)
 
     def _drop_speculation(self) -> None:
         if self.speculation is not None:

@@ -17,9 +17,23 @@ from voicebot.core.turns import TurnPolicy
 from voicebot.errors import ProtocolError
 
 PCM24K = AudioFormat("pcm16", 24_000)
-#: semantic_vad has no semantic model here; its eagerness maps to an end-of-turn silence.
-SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
+#: semantic_vad: eagerness -> (silence that ends a turn that sounds complete, silence that ends
+#: one the turn model hears as unfinished). The base stays above 0.6 s so a person pausing
+#: mid-sentence is not answered in the pause (the model alone cannot promise that; see
+#: core/endpoint.py), and the reply is prepared during that silence, so it costs little.
+SEMANTIC_SILENCE_MS = {"low": (1100, 1800), "medium": (750, 1100), "auto": (750, 1100), "high": (500, 800)}
+#: server_vad's silence when the client does not name one (the Realtime API's default).
+SERVER_VAD_SILENCE_MS = 500
+#: When, in the pause, the turn model is asked (it answers in ~60 ms, before the base silence ends).
+JUDGE_AFTER_MS = 256
 Modality = Literal["audio", "text"]
+Eagerness = Literal["low", "medium", "high", "auto"]
+
+
+def semantic_vad(eagerness: Eagerness = "auto", base: EndpointConfig | None = None) -> EndpointConfig:
+    silence, incomplete = SEMANTIC_SILENCE_MS[eagerness]
+    return replace(base or EndpointConfig(), silence_duration_ms=silence, judge_after_ms=JUDGE_AFTER_MS,
+                   incomplete_silence_ms=incomplete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +45,10 @@ class SessionConfig:
     input_format: AudioFormat = PCM24K
     output_format: AudioFormat = PCM24K
     transcription: dict[str, Any] | None = field(default_factory=lambda: {"model": "whisper", "language": None})
-    vad: EndpointConfig | None = field(default_factory=EndpointConfig)
+    vad: EndpointConfig | None = field(default_factory=semantic_vad)  # None = the client commits
     policy: TurnPolicy = field(default_factory=TurnPolicy)
-    vad_type: str = "server_vad"
+    vad_type: Literal["server_vad", "semantic_vad"] = "semantic_vad"
+    eagerness: Eagerness = "auto"
     voice: str = "joe"
     speed: float = 1.0
     max_output_tokens: int | Literal["inf"] = "inf"
@@ -42,6 +57,10 @@ class SessionConfig:
     def turn_detection_wire(self) -> dict[str, Any] | None:
         if self.vad is None:
             return None
+        if self.vad_type == "semantic_vad":
+            return {"type": "semantic_vad", "eagerness": self.eagerness,
+                    "create_response": self.policy.create_response,
+                    "interrupt_response": self.policy.interrupt_response}
         return {
             "type": self.vad_type,
             "threshold": self.vad.threshold,
@@ -131,17 +150,21 @@ def _turn_detection(td: ev.TurnDetection | None, c: SessionConfig) -> dict[str, 
     if td is None:
         return {"vad": None}
     base = c.vad or EndpointConfig()
-    silence = td.silence_duration_ms
-    if td.type == "semantic_vad":
-        silence = SEMANTIC_SILENCE_MS[td.eagerness or "auto"]
-    vad = replace(
+    voice = replace(
         base,
         threshold=td.threshold if td.threshold is not None else base.threshold,
         prefix_padding_ms=td.prefix_padding_ms if td.prefix_padding_ms is not None else base.prefix_padding_ms,
-        silence_duration_ms=silence if silence is not None else base.silence_duration_ms,
     )
     policy = TurnPolicy(
         create_response=td.create_response if td.create_response is not None else True,
         interrupt_response=td.interrupt_response if td.interrupt_response is not None else True,
     )
+    if td.type == "semantic_vad":
+        eagerness = td.eagerness or "auto"
+        return {"vad": semantic_vad(eagerness, voice), "policy": policy, "vad_type": td.type, "eagerness": eagerness}
+    # server_vad: exactly the client's silence, no turn model (the Realtime API's defaults otherwise).
+    silence = td.silence_duration_ms
+    if silence is None:  # kept from an earlier server_vad, else the Realtime API's default
+        silence = base.silence_duration_ms if c.vad_type == "server_vad" and c.vad else SERVER_VAD_SILENCE_MS
+    vad = replace(voice, judge_after_ms=0, incomplete_silence_ms=0, silence_duration_ms=silence)
     return {"vad": vad, "policy": policy, "vad_type": td.type}

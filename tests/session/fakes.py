@@ -92,9 +92,23 @@ class ToneTts:
         return (np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16)
 
 
+class FixedTurn:
+    """A turn model with a fixed opinion; records what it was asked about."""
+
+    name = "fixed"
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+        self.calls: list[int] = []  # samples of audio per call
+
+    def complete_probability(self, audio: Float32Array) -> float:
+        self.calls.append(int(audio.size))
+        return self.probability
+
+
 def fake_engines(asr: ScriptedAsr | None = None, llm: SlowLlm | None = None,
-                 tts: ToneTts | None = None) -> Engines:
-    return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts())
+                 tts: ToneTts | None = None, turn: FixedTurn | None = None) -> Engines:
+    return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts(), turn=turn)
 
 
 class RecordingSink:

@@ -12,18 +12,19 @@ import pytest
 from voicebot.config import from_env
 from voicebot.session import Session
 
-from .fakes import RecordingSink, ScriptedAsr, SlowLlm, ToneTts, fake_engines, silence, tone
+from .fakes import FixedTurn, RecordingSink, ScriptedAsr, SlowLlm, ToneTts, fake_engines, silence, tone
 
 
 class Harness:
     def __init__(self, *, llm: SlowLlm | None = None, tts: ToneTts | None = None,
-                 asr: ScriptedAsr | None = None, lead_ms: float = 100, sink: RecordingSink | None = None) -> None:
+                 asr: ScriptedAsr | None = None, lead_ms: float = 100, sink: RecordingSink | None = None,
+                 turn: FixedTurn | None = None) -> None:
         self.llm = llm or SlowLlm()
         self.tts = tts or ToneTts(ms_per_char=8)
         self.asr = asr or ScriptedAsr()
         self.sink = sink or RecordingSink()
         self.events: list[dict[str, Any]] = self.sink.events
-        self.session = Session(fake_engines(self.asr, self.llm, self.tts), from_env({}), self.sink,
+        self.session = Session(fake_engines(self.asr, self.llm, self.tts, turn), from_env({}), self.sink,
                                output_lead_ms=lead_ms)
         self.session.start()
 
@@ -66,7 +67,8 @@ async def test_session_created_has_ga_shape(h: Harness) -> None:
     session = created["session"]
     assert session["type"] == "realtime"
     assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
-    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert session["audio"]["input"]["turn_detection"] == {
+        "type": "semantic_vad", "eagerness": "auto", "create_response": True, "interrupt_response": True}
     assert session["output_modalities"] == ["audio"]
 
 
@@ -320,3 +322,34 @@ async def test_noise_click_does_not_start_speech(h: Harness) -> None:
     await h.speak(silence(300) + tone(10) + silence(600))  # a click: inside one 32 ms hop
     await asyncio.sleep(0.05)
     assert not h.of("input_audio_buffer.speech_started")
+
+
+@pytest.mark.parametrize(("probability", "ends_after_1s_of_silence"), [(0.95, True), (0.1, False)])
+async def test_the_turn_model_lets_an_unfinished_sounding_turn_wait_longer(probability: float,
+                                                                         ends_after_1s_of_silence: bool) -> None:
+    turn = FixedTurn(probability)
+    h = Harness(turn=turn)
+    try:
+        await h.speak(tone(700) + silence(1000), realtime=True)
+        await asyncio.sleep(0.1)
+        assert len(turn.calls) == 1, "asked once per pause"
+        assert 700 * 16 <= turn.calls[0] <= 1700 * 16, "with the speech, its padding and the pause so far"
+        assert bool(h.of("input_audio_buffer.speech_stopped")) is ends_after_1s_of_silence
+        await h.speak(silence(300), realtime=True)
+        assert h.of("input_audio_buffer.speech_stopped"), "the longer silence ends it too"
+    finally:
+        await h.session.close()
+
+
+async def test_server_vad_gets_exactly_the_clients_silence_and_no_turn_model() -> None:
+    turn = FixedTurn(0.0)
+    h = Harness(turn=turn)
+    try:
+        await h.send(type="session.update", session={"audio": {"input": {"turn_detection": {
+            "type": "server_vad", "silence_duration_ms": 300}}}})
+        td = (await h.wait_for("session.updated"))["session"]["audio"]["input"]["turn_detection"]
+        assert td["type"] == "server_vad" and td["silence_duration_ms"] == 300
+        await h.speak(tone(700) + silence(450), realtime=True)
+        assert h.of("input_audio_buffer.speech_stopped") and not turn.calls
+    finally:
+        await h.session.close()

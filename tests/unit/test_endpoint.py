@@ -12,12 +12,13 @@ from voicebot.core.endpoint import (
     EndpointConfigError,
     Endpointer,
     EndpointEvent,
+    JudgeTurn,
     PauseStarted,
     SpeechResumed,
     SpeechStarted,
     SpeechStopped,
 )
-from voicebot.engines.base import VadScores
+from voicebot.core.types import VadScores
 from voicebot.errors import VoicebotError
 
 HOP = 32
@@ -189,3 +190,54 @@ def test_deterministic() -> None:
     seq = [VadScores(fast=rng.random() < 0.5, prob=rng.random()) for _ in range(2000)]
     a, b = Endpointer(), Endpointer()
     assert feed(a, seq) == feed(b, seq)
+
+
+SEMANTIC = EndpointConfig(silence_duration_ms=750, judge_after_ms=256, incomplete_silence_ms=1100)
+
+
+def stop_hop(events: list[tuple[int, EndpointEvent]]) -> int:
+    return next(hop for hop, e in events if isinstance(e, SpeechStopped))
+
+
+def test_a_turn_judged_complete_ends_after_the_base_silence() -> None:
+    ep = Endpointer(SEMANTIC)
+    events = feed(ep, [VOICE] * 20)
+    silence = [QUIET] * 8  # 256 ms: the turn model is asked
+    events = feed(ep, silence)
+    (judge,) = [e for _, e in events if isinstance(e, JudgeTurn)]
+    assert judge.audio_end_ms == 20 * HOP
+    ep.judged(judge.pause, 0.97)
+    events = feed(ep, [QUIET] * 40)
+    assert (stop_hop(events) + 1 - 20) * HOP >= 750 > (stop_hop(events) - 20) * HOP
+
+
+def test_a_turn_judged_incomplete_waits_the_longer_silence_and_a_late_verdict_does_not() -> None:
+    ep = Endpointer(SEMANTIC)
+    feed(ep, [VOICE] * 20)
+    (judge,) = [e for _, e in feed(ep, [QUIET] * 8) if isinstance(e, JudgeTurn)]
+    ep.judged(judge.pause, 0.1)
+    events = feed(ep, [QUIET] * 40)
+    assert (stop_hop(events) + 1 - 20) * HOP >= 1100 > (stop_hop(events) - 20) * HOP
+    # No verdict in time: the base silence ends the turn; a model never makes people wait for it.
+    ep2 = Endpointer(SEMANTIC)
+    feed(ep2, [VOICE] * 20)
+    events = feed(ep2, [QUIET] * 40)
+    assert (stop_hop(events) + 1 - 20) * HOP >= 750 > (stop_hop(events) - 20) * HOP
+
+
+def test_a_verdict_for_an_earlier_pause_is_ignored() -> None:
+    ep = Endpointer(SEMANTIC)
+    feed(ep, [VOICE] * 20)
+    (first,) = [e for _, e in feed(ep, [QUIET] * 8) if isinstance(e, JudgeTurn)]
+    events = feed(ep, [VOICE] * 5)
+    assert [e for _, e in events] == [SpeechResumed()]
+    (second,) = [e for _, e in feed(ep, [QUIET] * 8) if isinstance(e, JudgeTurn)]
+    assert second.pause != first.pause
+    ep.judged(first.pause, 0.0)  # arrives late, for the pause that is over: no effect
+    events = feed(ep, [QUIET] * 40)
+    assert (stop_hop(events) + 1 - 33) * HOP >= 750 > (stop_hop(events) - 33) * HOP
+
+
+def test_semantic_settings_are_checked() -> None:
+    with pytest.raises(EndpointConfigError):
+        EndpointConfig(silence_duration_ms=750, judge_after_ms=256, incomplete_silence_ms=500)

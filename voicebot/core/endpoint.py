@@ -11,8 +11,17 @@ only after ``onset_hops`` voiced hops within ``onset_window`` hops, so a click n
 
 Ending uses Silero's hysteresis (as in its own VADIterator): in speech, only a hop below
 ``negative_threshold`` starts the silence timer, in-between hops neither start nor stop it,
-and a voiced hop cancels it. Half way, a :class:`PauseStarted` lets the session transcribe
-speculatively, so the ASR runs during the end-of-turn silence instead of after it.
+and a voiced hop cancels it. Early in the silence, a :class:`PauseStarted` lets the session
+transcribe (and start the reply) speculatively, so the ASR and the LLM run during the
+end-of-turn silence instead of after it.
+
+Semantic end of turn (``semantic_vad``): a little later in the pause, :class:`JudgeTurn` asks
+the session to run a turn model on the speech so far; it answers with :meth:`Endpointer.judged`.
+A turn that does not sound complete (probability below ``incomplete_below``) ends only after the
+longer ``incomplete_silence_ms``; one that does, or whose verdict is late, ends after
+``silence_duration_ms``. The model never *shortens* the silence: a mid-sentence pause of 0.6 s
+scores "complete" too often for that (docs/benchmarks.md), so the base silence is what keeps
+people from being cut off, and the model lets them think a little longer.
 """
 
 from __future__ import annotations
@@ -43,6 +52,11 @@ class EndpointConfig:
     # Extra onset debounce: the voiced run must span this long before SpeechStarted. 0 by
     # default because every hop of delay is barge-in latency; raise it on noisy phone lines.
     min_speech_ms: int = 0
+    # Semantic end of turn: at this much silence ask the turn model (0 = silence only) ...
+    judge_after_ms: int = 0
+    # ... and when it says "incomplete" (p below incomplete_below), wait this long instead.
+    incomplete_silence_ms: int = 0
+    incomplete_below: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -54,6 +68,8 @@ class EndpointConfig:
             raise EndpointConfigError("silence_duration_ms must be positive")
         if not 1 <= self.onset_hops <= self.onset_window:
             raise EndpointConfigError("need 1 <= onset_hops <= onset_window")
+        if self.judge_after_ms < 0 or (self.judge_after_ms and self.incomplete_silence_ms < self.silence_duration_ms):
+            raise EndpointConfigError("a semantic end of turn needs incomplete_silence_ms >= silence_duration_ms")
 
     @property
     def negative_threshold(self) -> float:
@@ -81,6 +97,15 @@ class PauseStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class JudgeTurn:
+    """Ask the turn model whether the speech up to ``audio_end_ms`` is a complete turn; answer
+    with ``Endpointer.judged(pause, probability)``."""
+
+    pause: int
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class SpeechResumed:
     """Voice came back after a PauseStarted: the speculative transcription is void."""
 
@@ -92,7 +117,7 @@ class SpeechStopped:
     audio_end_ms: int
 
 
-EndpointEvent = SpeechStarted | PauseStarted | SpeechResumed | SpeechStopped
+EndpointEvent = SpeechStarted | PauseStarted | JudgeTurn | SpeechResumed | SpeechStopped
 
 
 class Endpointer:
@@ -110,6 +135,9 @@ class Endpointer:
         self._last_voiced = 0  # index of the last voiced hop, in speech
         self._silence_start: int | None = None  # first silent hop after it, if any
         self._paused = False  # PauseStarted sent, neither resumed nor stopped yet
+        self._pauses = 0  # pauses judged so far: a late verdict must not land on a later pause
+        self._judging: int | None = None  # the pause JudgeTurn was sent for
+        self._verdict: float | None = None  # its answer: P(the turn is complete)
 
     @property
     def position_ms(self) -> int:
@@ -129,8 +157,24 @@ class Endpointer:
         self._window.clear()
         self._run_start = None
         self._in_speech = False
+        self._end_pause()
+
+    def judged(self, pause: int, probability: float) -> None:
+        """The turn model's answer for a JudgeTurn; ignored if that pause is already over."""
+        if pause == self._judging:
+            self._verdict = probability
+
+    def _end_pause(self) -> None:
         self._silence_start = None
         self._paused = False
+        self._judging = None
+        self._verdict = None
+
+    def _required_silence_ms(self) -> int:
+        cfg = self.config
+        if cfg.judge_after_ms and self._verdict is not None and self._verdict < cfg.incomplete_below:
+            return cfg.incomplete_silence_ms
+        return cfg.silence_duration_ms
 
     def process(self, scores: VadScores) -> list[EndpointEvent]:
         """Take the next hop's scores; return the events it caused (usually none)."""
@@ -167,32 +211,33 @@ class Endpointer:
         self._run_start = None
         self._in_speech = True
         self._last_voiced = last
-        self._silence_start = None
-        self._paused = False
+        self._end_pause()
         return [SpeechStarted(audio_start_ms=self._ms(start))]
 
     def _speak(self, hop: int, voiced: bool, silent: bool) -> list[EndpointEvent]:
         cfg = self.config
         if voiced:
             self._last_voiced = hop
-            self._silence_start = None
-            if self._paused:
-                self._paused = False
-                return [SpeechResumed()]
-            return []
+            resumed = self._paused
+            self._end_pause()
+            return [SpeechResumed()] if resumed else []
         if silent and self._silence_start is None:
             self._silence_start = hop
         if self._silence_start is None:
             return []  # between the thresholds with no silence yet: still speaking
         silence_ms = self._ms(hop + 1) - self._ms(self._silence_start)
         end_ms = self._ms(self._last_voiced + 1)
-        if silence_ms >= cfg.silence_duration_ms:
+        if silence_ms >= self._required_silence_ms():
             self._in_speech = False
-            self._silence_start = None
-            self._paused = False
+            self._end_pause()
             return [SpeechStopped(audio_end_ms=end_ms)]
+        events: list[EndpointEvent] = []
         speculate = 0 < cfg.speculate_after_ms < cfg.silence_duration_ms
         if speculate and not self._paused and silence_ms >= cfg.speculate_after_ms:
             self._paused = True
-            return [PauseStarted(audio_end_ms=end_ms)]
-        return []
+            events.append(PauseStarted(audio_end_ms=end_ms))
+        if cfg.judge_after_ms and self._judging is None and silence_ms >= cfg.judge_after_ms:
+            self._pauses += 1
+            self._judging = self._pauses
+            events.append(JudgeTurn(self._judging, end_ms))
+        return events

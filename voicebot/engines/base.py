@@ -73,6 +73,16 @@ class SpeechSynthesizer(Protocol):
         ...
 
 
+class TurnDetector(Protocol):
+    """Blocking, thread-safe: does the speech so far sound like a finished turn?"""
+
+    name: str
+
+    def complete_probability(self, audio: Float32Array) -> float:
+        """P(complete) for the turn's 16 kHz float32 audio, ending now."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Engines:
     """Everything a Session needs, loaded once by the server's lifespan."""
@@ -81,3 +91,4 @@ class Engines:
     asr: SpeechRecognizer
     llm: LanguageModel
     tts: SpeechSynthesizer
+    turn: TurnDetector | None = None  # semantic end of turn; without it, silence alone decides

@@ -16,7 +16,14 @@ from typing import TypeVar
 
 from voicebot.config import Settings
 from voicebot.engines.base import Engines, LanguageModel
-from voicebot.models import Progress, default_cache_dir, llm_model_path, piper_voice_path, whisper_model_dir
+from voicebot.models import (
+    Progress,
+    default_cache_dir,
+    llm_model_path,
+    piper_voice_path,
+    smart_turn_path,
+    whisper_model_dir,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,6 +61,7 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
     """Load VAD, ASR, LLM and TTS; raises ModelError with a fix when a model is missing."""
     from voicebot.engines.asr_whisper import WhisperRecognizer
     from voicebot.engines.tts_piper import PiperSynthesizer
+    from voicebot.engines.turn_smart import SmartTurn
     from voicebot.engines.vad import make_vad_factory
 
     cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
@@ -71,8 +79,9 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
     tts = _timed(
         "TTS (piper joe-medium)", lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed)
     )
+    turn = _timed("turn model (smart-turn v3.2)", lambda: SmartTurn(smart_turn_path(cache)))
     llm = load_llm(settings, progress)
-    return Engines(vad=vad, asr=asr, llm=llm, tts=tts)
+    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn)
 
 
 async def close_engines(engines: Engines) -> None:
