@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.caller import Caller
-from scripts.speech_cases import babble, clicks, hum, keyboard, paused_utterances
+from scripts.speech_cases import babble, clicks, hum, keyboard, long_question, paused_utterances
 from tests.conftest import start_server, stop_server
 from tests.realtime_client import Recorder, client
 from tests.speech import all_utterances, wer
@@ -186,8 +186,9 @@ async def barge_in(s: Session, question: np.ndarray, interruption: np.ndarray, r
     if rid is None:
         return
     await asyncio.sleep(before)
-    if finished(s, rid) is not None:
-        print("  barge-in skipped: the reply finished too early", file=sys.stderr)
+    if (done := finished(s, rid)) is not None:
+        text = (done["response"]["output"] or [{}])[0].get("content", [{}])[0].get("transcript")
+        print(f"  barge-in skipped: the reply finished too early ({text!r})", file=sys.stderr)
         return
     n_started = s.count("input_audio_buffer.speech_started")
     onset20, _ = speech_bounds_ms(interruption, floor_db=20)
@@ -217,14 +218,14 @@ async def disturbed_reply(s: Session, question: np.ndarray, noise: np.ndarray | 
     rid = await long_reply(s, question)
     if rid is None:
         return
-    n_started = s.count("input_audio_buffer.speech_started")
     if noise is not None:
         s.caller.noise = noise
     await asyncio.sleep(3.0)
     s.caller.noise = None
     done = finished(s, rid)
-    false = s.count("input_audio_buffer.speech_started") > n_started or (
-        done is not None and done["response"]["status"] == "cancelled")
+    # A false barge-in cuts the reply off. (A disturbance that outlasts a short reply may start a
+    # turn of its own once the assistant is quiet: that is not a barge-in, and is not counted.)
+    false = done is not None and done["response"]["status"] == "cancelled"
     results["false_barge_ins"].append(1.0 if false else 0.0)
     results.setdefault(f"false_barge_in_{name}", []).append(1.0 if false else 0.0)
     print(f"  {name}: {'FALSE BARGE-IN' if false else 'no false barge-in'}", flush=True)
@@ -272,7 +273,6 @@ async def close_session(manager: Any, tasks: list[asyncio.Task[None]]) -> None:
 async def run(base: str, key: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
     utterances = all_utterances()
     samples = [u.samples() for u in utterances]
-    long_q = samples[0]  # a long question gets a long answer
     manager, s, tasks = await open_session(base, key, args.instructions)
     try:
         for i in range(args.turns):
@@ -284,11 +284,12 @@ async def run(base: str, key: str, args: argparse.Namespace, results: dict[str, 
             await pause_case(s, first, second, text, results)
         for i in range(args.barge_ins):
             print(f"barge-in {i + 1}/{args.barge_ins}", flush=True)
-            await barge_in(s, long_q, samples[(i + 3) % len(samples)], results, before=0.6 + 0.4 * (i % 4))
+            await barge_in(s, long_question(i), samples[(i + 3) % len(samples)], results, before=0.6 + 0.4 * (i % 4))
         for i in range(args.false_barge_ins):
             for name, noise in (("hum", hum()), ("clicks", clicks()), ("keyboard", keyboard()), ("babble", babble())):
                 print(f"false barge-in {name} {i + 1}", flush=True)
-                await disturbed_reply(s, long_q, noise, samples[(i + 5) % len(samples)], results, name)
+                await disturbed_reply(s, long_question(i + 1 + len(name)), noise, samples[(i + 5) % len(samples)],
+                                      results, name)
     finally:
         await close_session(manager, tasks)
     for db in (-20.0, -10.0):
@@ -297,7 +298,7 @@ async def run(base: str, key: str, args: argparse.Namespace, results: dict[str, 
             manager, s, tasks = await open_session(base, key, LONG_ANSWERS, echo_db=db, echo_delay_ms=delay)
             try:
                 print(f"echo {db:g} dB, {delay} ms late, {i + 1}", flush=True)
-                await disturbed_reply(s, long_q, None, samples[(i + 6) % len(samples)], results,
+                await disturbed_reply(s, long_question(i + 3), None, samples[(i + 6) % len(samples)], results,
                                       f"echo{int(db)}dB")
             finally:
                 await close_session(manager, tasks)

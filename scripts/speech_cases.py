@@ -40,19 +40,63 @@ def _gap(samples: np.ndarray) -> int | None:
     return None if best is None else best[0] * frame
 
 
+def _quiet_edges(samples: np.ndarray) -> tuple[int, int]:
+    """Samples of quiet (35 dB under the loudest 10 ms frame) at the start and at the end."""
+    frame = 160
+    n = samples.size // frame
+    energy = (samples[: n * frame].astype(np.float64).reshape(n, frame) ** 2).mean(axis=1)
+    db = 10 * np.log10(energy + 1e-9)
+    loud = np.flatnonzero(db > db.max() - 35)
+    return int(loud[0]) * frame, samples.size - (int(loud[-1]) + 1) * frame
+
+
+def split_for_pause(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two halves without the quiet around the cut, so the pause between them is all silence."""
+    _, tail = _quiet_edges(first)
+    head, _ = _quiet_edges(second)
+    return first[: first.size - tail], second[head:]
+
+
 @functools.cache
 def paused_utterances() -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """(speech before the pause, speech after it, the whole text), int16 at 16 kHz."""
+    """(speech before the pause, speech after it, the whole text), int16 at 16 kHz.
+
+    The halves are trimmed of the quiet around the cut: inserting N ms between them makes the
+    person pause exactly N ms between the two words.
+    """
     cases: list[tuple[np.ndarray, np.ndarray, str]] = []
-    cases.append(_book_a_table())
+    first, second, text = _book_a_table()
+    cases.append((*split_for_pause(first, second), text))
     for u in all_utterances():
         if len(u.text.split()) < 4:
             continue
         samples = u.samples()
         cut = _gap(samples)
         if cut is not None:
-            cases.append((samples[:cut], samples[cut:], u.text))
+            cases.append((*split_for_pause(samples[:cut], samples[cut:]), u.text))
     return cases
+
+
+LONG_QUESTIONS = (
+    "Please tell me a long story about a brave knight and a friendly dragon.",
+    "Can you explain in detail how a steam engine works?",
+    "Describe your perfect summer holiday by the sea, with every detail.",
+    "Tell me everything you know about the history of the bicycle.",
+    "What should I see and do on a week long trip to Japan?",
+    "Explain how bread is made, from the field to the bakery.",
+)
+
+
+@functools.cache
+def long_question(i: int = 0) -> np.ndarray:
+    """A question that gets a long answer (Piper's voice; barge-in is measured on the real speech
+    that interrupts it). Different ones, so the history does not teach the model to be brief."""
+    from voicebot.core.audio import resample
+    from voicebot.engines.tts_piper import PiperSynthesizer
+    from voicebot.models import piper_voice_path
+
+    text = LONG_QUESTIONS[i % len(LONG_QUESTIONS)]
+    return resample(PiperSynthesizer(piper_voice_path()).synthesize(text), 22_050, 16_000)
 
 
 def _book_a_table() -> tuple[np.ndarray, np.ndarray, str]:

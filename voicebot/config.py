@@ -166,6 +166,18 @@ class Settings:
     )
     webrtc_max_calls: int = field(default=32, metadata=_meta("Concurrent WebRTC calls; more get HTTP 503."))
 
+    echo_cancellation: bool = field(
+        default=True,
+        metadata=_meta("Cancel the assistant's own voice in the microphone audio (WebRTC AEC3 against what "
+                       "the listener is playing), so a speakerphone or a leaky headset does not interrupt it."),
+    )
+    prefill_during_speech: bool = field(
+        default=True,
+        metadata=_meta("While the user speaks, transcribe what was said so far every "
+                       "--prefill-every-ms and evaluate it into the embedded LLM's prompt cache, so the "
+                       "reply only evaluates the last words."),
+    )
+    prefill_every_ms: int = field(default=800, metadata=_meta("Speech between two prefills (ms)."))
     speculative_replies: bool = field(
         default=True,
         metadata=_meta("Start thinking about the reply during the user's pause (transcribed at 200 ms "

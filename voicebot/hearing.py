@@ -10,29 +10,50 @@ events. The VAD runs inline (a few microseconds per 32 ms hop), so this never bl
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.buffer import PcmBuffer
-from voicebot.core.endpoint import EndpointConfig, Endpointer, EndpointEvent
-from voicebot.core.types import Int16Array
-from voicebot.engines.base import VoiceActivityDetector
+from voicebot.core.echo import SpeakerTimeline, echo_likeness
+from voicebot.core.endpoint import EndpointConfig, Endpointer, EndpointEvent, SpeechStarted
+from voicebot.core.types import ENGINE_RATE, Float32Array, Int16Array
+from voicebot.engines.base import EchoCanceller, VoiceActivityDetector
+
+log = logging.getLogger(__name__)
 
 #: With turn detection off the client commits when it likes; keep at most this much meanwhile.
 MAX_MANUAL_BUFFER_MS = 15 * 60 * 1000
 #: Audio kept before a speech onset beyond the prefix padding, while nobody speaks.
 IDLE_KEEP_MS = 1000
+#: An onset heard while the assistant talks is compared with what it played: the last 250 ms of
+#: microphone against the speaker, up to 350 ms of echo delay earlier; above this likeness it is
+#: the assistant's own voice (a person's words do not correlate with it; scripts/bench_latency.py).
+ECHO_CHECK_SAMPLES = ENGINE_RATE // 4
+ECHO_MAX_LAG_SAMPLES = ENGINE_RATE * 35 // 100
+ECHO_LIKENESS = 0.5
+
+
+def level_dbfs(hop: Float32Array) -> float:
+    return float(10 * np.log10(np.mean(np.square(hop, dtype=np.float64)) + 1e-10))
 
 
 class Hearing:
-    def __init__(self, vad: VoiceActivityDetector, endpoint: EndpointConfig | None) -> None:
+    def __init__(self, vad: VoiceActivityDetector, endpoint: EndpointConfig | None,
+                 echo: tuple[EchoCanceller, SpeakerTimeline] | None = None) -> None:
         self._vad = vad
+        self._echo = echo  # the canceller, and what the listener's speaker played (its reference)
+        self._near: Int16Array = np.zeros(0, np.int16)  # less than one echo-canceller frame
+        self._raw: Int16Array = np.zeros(0, np.int16)  # the last second of microphone, before cancelling
+        self._raw_end = 0.0  # when the newest of it played, on the speaker's clock
         self.endpoint = endpoint  # None = no turn detection (the client commits)
         self._endpointer = Endpointer(endpoint or EndpointConfig())
         self._input: InputAudio | None = None
         self._hop: Int16Array = np.zeros(0, np.int16)
         self.buffer = PcmBuffer()
         self.speech_start_ms: float | None = None  # onset of the speech in progress, if any
+        self.echo_onsets_rejected = 0
 
     def configure(self, endpoint: EndpointConfig | None) -> None:
         """New turn detection (``session.update``); speech in progress is kept."""
@@ -40,14 +61,14 @@ class Hearing:
         if endpoint is not None:
             self._endpointer.update(endpoint)
 
-    def feed(self, data: bytes, fmt: AudioFormat) -> list[EndpointEvent]:
-        """Audio in ``fmt`` (any length): buffer it and return what turn detection made of it.
-
-        Raises AudioFormatError (a ValueError) for bytes that do not fit the format.
-        """
+    def feed(self, data: bytes, fmt: AudioFormat, now: float) -> list[EndpointEvent]:
+        """Audio in ``fmt`` (any length) that arrived at ``now``: buffer it and return what turn
+        detection made of it. Raises AudioFormatError (a ValueError) for bytes that do not fit."""
         if self._input is None or self._input.fmt != fmt:
             self._input = InputAudio(fmt)
         samples = self._input.feed(data)
+        if self._echo is not None:
+            samples = self._cancel_echo(samples, now)
         self.buffer.append(samples)
         if self.endpoint is None:
             if self.buffer.duration_ms > MAX_MANUAL_BUFFER_MS:
@@ -58,11 +79,46 @@ class Hearing:
         usable = pending.size - pending.size % hop_size
         events: list[EndpointEvent] = []
         for start in range(0, usable, hop_size):
-            scores = self._vad.score(int16_to_float32(pending[start : start + hop_size]))
-            events.extend(self._endpointer.process(scores))
+            hop = int16_to_float32(pending[start : start + hop_size])
+            scores, level = self._vad.score(hop), level_dbfs(hop)
+            for event in self._endpointer.process(scores, level):
+                if isinstance(event, SpeechStarted) and self._is_own_echo():
+                    self._endpointer.reset()  # its own voice came back: not a person, not a turn
+                    self.echo_onsets_rejected += 1
+                    continue
+                if isinstance(event, SpeechStarted) and self._endpointer.guarded:
+                    log.debug("barge-in onset: %s at %.1f dBFS (their level %s)", scores, level,
+                              self._endpointer.speaker_level_db)
+                events.append(event)
         self._hop = pending[usable:].copy()
         self._trim_idle_buffer()
         return events
+
+    def _is_own_echo(self) -> bool:
+        """An onset while the assistant is audible that is a delayed copy of what it plays (the
+        echo canceller is still converging, or the echo path just changed)."""
+        if self._echo is None or not self._endpointer.guarded:
+            return False
+        _, speaker = self._echo
+        n = min(self._raw.size, ECHO_CHECK_SAMPLES)
+        reference = speaker.window(self._raw_end, n + ECHO_MAX_LAG_SAMPLES)
+        return echo_likeness(self._raw[self._raw.size - n :], reference) > ECHO_LIKENESS
+
+    def _cancel_echo(self, samples: Int16Array, now: float) -> Int16Array:
+        """Whole canceller frames of the microphone, minus what the speaker was playing meanwhile."""
+        assert self._echo is not None
+        canceller, speaker = self._echo
+        near = np.concatenate((self._near, samples)) if self._near.size else samples
+        usable = near.size - near.size % canceller.frame_samples
+        self._near = near[usable:].copy()
+        if not usable:
+            return near[:0]
+        # The held-back remainder is the newest audio: the usable part ended that much earlier.
+        end = now - self._near.size / ENGINE_RATE
+        far = speaker.window(end, usable)
+        self._raw = np.concatenate((self._raw, near[:usable]))[-ENGINE_RATE:]
+        self._raw_end = end
+        return canceller.process(near[:usable], far)
 
     def _trim_idle_buffer(self) -> None:
         if self.speech_start_ms is not None or self.endpoint is None:
@@ -70,6 +126,10 @@ class Hearing:
         keep_ms = self.endpoint.prefix_padding_ms + IDLE_KEEP_MS
         if self.buffer.duration_ms > keep_ms + 2000:  # trim in batches: compaction copies
             self.buffer.drop_before(self.buffer.end_ms - keep_ms)
+
+    def guard(self, assistant_audible: bool) -> None:
+        """While the assistant is audible, only speech at the person's own level interrupts it."""
+        self._endpointer.guarded = assistant_audible
 
     def judged(self, pause: int, probability: float) -> None:
         """The turn model's verdict on a pause (``JudgeTurn``)."""

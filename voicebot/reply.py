@@ -19,18 +19,19 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voicebot.core.audio import OutputAudio
+from voicebot.core.audio import OutputAudio, StreamResampler
 from voicebot.core.chunker import SpeechChunker
 from voicebot.core.conversation import Item
+from voicebot.core.echo import SpeakerTimeline
 from voicebot.core.events import ServerEvent, server_event
 from voicebot.core.playout import PlayoutClock
-from voicebot.core.types import ChatMessage, Int16Array
+from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import Engines
 from voicebot.sink import AudioChunk, OutputSink
 
 #: The first chunk is spoken after this many words even if no comma came yet: the caller hears
 #: the answer start ~0.5 s sooner on a CPU LLM, at the cost of a slightly early first pause.
-FIRST_CHUNK_MAX_WORDS = 4
+FIRST_CHUNK_MAX_WORDS = 3
 _CLAUSE_QUEUE = 4  # clauses waiting for TTS
 _AUDIO_QUEUE = 2  # synthesized clauses waiting to be sent
 
@@ -63,6 +64,17 @@ class ReplyTimings:
         }
 
 
+class EchoReference:
+    """Writes a reply's audio, at 16 kHz, where the listener plays it (for the echo canceller)."""
+
+    def __init__(self, speaker: SpeakerTimeline, rate: int) -> None:
+        self.speaker = speaker
+        self._resampler = StreamResampler(rate, ENGINE_RATE, low_latency=True)
+
+    def played(self, samples: Int16Array, start_s: float) -> None:
+        self.speaker.play(self._resampler.process(samples), start_s)
+
+
 @dataclass
 class AudioOut:
     """Where a reply's audio goes: the transport's sink, paced on the session's playout clock."""
@@ -70,6 +82,7 @@ class AudioOut:
     sink: OutputSink
     clock: PlayoutClock
     converter: OutputAudio  # TTS rate -> the sink's (or the session's) output format
+    echo: EchoReference | None = None
 
     @property
     def chunk_samples(self) -> int:
@@ -86,6 +99,7 @@ class ReplyPipeline:
     emit: Callable[[ServerEvent], None]
     max_tokens: int
     temperature: float
+    llm_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the session's: one LLM request at a time
     on_audible: Callable[[], None] = lambda: None
     timings: ReplyTimings = field(default_factory=ReplyTimings)
     #: Set when the reply may be heard. Until then the stages think and synthesize but emit
@@ -111,29 +125,34 @@ class ReplyPipeline:
             group.create_task(self._send(audio))
 
     async def _tokens(self) -> AsyncGenerator[str, None]:
-        # Closing the engine's generator is what stops generation (and its thread) at once.
-        stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature)
-        async with contextlib.aclosing(stream):
-            async for piece in stream:
-                if self.timings.llm_first_token is None:
-                    self.timings.llm_first_token = time.monotonic()
-                self.timings.llm_tokens += 1
-                self.full_text += piece
-                yield piece
+        # Closing the engine's generator is what stops generation (and its thread) at once; the
+        # lock is released only once it has, so the session's next request reuses this cache.
+        async with self.llm_lock:
+            stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
+                                             temperature=self.temperature)
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    if self.timings.llm_first_token is None:
+                        self.timings.llm_first_token = time.monotonic()
+                    self.timings.llm_tokens += 1
+                    self.full_text += piece
+                    yield piece
 
     async def _write_text(self) -> None:
         self.item.text = ""
         await self.released.wait()
-        async for piece in self._tokens():
-            self.item.text += piece
-            self.emit(server_event("response.output_text.delta", delta=piece, **self._ids()))
+        async with contextlib.aclosing(self._tokens()) as tokens:  # closed however we leave
+            async for piece in tokens:
+                self.item.text += piece
+                self.emit(server_event("response.output_text.delta", delta=piece, **self._ids()))
         self.item.text = self.item.text.strip()
 
     async def _think(self, clauses: asyncio.Queue[str | None]) -> None:
         chunker = SpeechChunker(first_max_words=FIRST_CHUNK_MAX_WORDS)
-        async for piece in self._tokens():
-            for clause in chunker.push(piece):
-                await self._put_clause(clauses, clause)
+        async with contextlib.aclosing(self._tokens()) as tokens:  # closed however we leave
+            async for piece in tokens:
+                for clause in chunker.push(piece):
+                    await self._put_clause(clauses, clause)
         for clause in chunker.flush():
             await self._put_clause(clauses, clause)
         await clauses.put(None)
@@ -189,6 +208,8 @@ class ReplyPipeline:
                 self.audio_start_ms = out.clock.sent_ms
                 self.timings.first_audio_sent = time.monotonic()
                 self.on_audible()
-            out.clock.sent(chunk.duration_ms, time.monotonic())
+            plays_at = out.clock.sent(chunk.duration_ms, time.monotonic())
             self.item.audio_ms += chunk.duration_ms
             out.sink.send_audio(chunk)
+            if out.echo is not None:
+                out.echo.played(chunk.samples, plays_at)

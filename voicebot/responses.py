@@ -23,12 +23,13 @@ from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import OutputAudio
 from voicebot.core.conversation import Conversation, Item
+from voicebot.core.echo import SpeakerTimeline
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import TurnTracker
 from voicebot.core.types import ChatMessage
 from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.reply import AudioOut, ReplyPipeline
+from voicebot.reply import AudioOut, EchoReference, ReplyPipeline
 from voicebot.session_config import SessionConfig
 from voicebot.sink import OutputSink
 
@@ -57,11 +58,16 @@ class ResponseContext:
     turns: TurnTracker
     sink: OutputSink
     clock: PlayoutClock
+    speaker: SpeakerTimeline | None  # where to write what the listener plays (echo reference)
     config: Callable[[], SessionConfig]
     emit: Callable[[ev.ServerEvent], None]
     spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
     #: Wait until every user turn transcribed so far has its text (the reply must see them all).
     transcripts_ready: Callable[[], Awaitable[None]]
+    #: Held for the whole life of each of the session's LLM requests (prefills, replies, replies
+    #: thought ahead and dropped): the next one waits for the last to end, so it finds this
+    #: conversation's prompt in the same cache instead of starting cold on another slot.
+    llm_lock: asyncio.Lock
 
 
 @dataclass
@@ -149,11 +155,14 @@ class Responses:
         # A transport with a fixed media format (a WebRTC track, a phone line) gets audio in it,
         # whatever the client configured; the format is fixed for the whole reply.
         fmt = ctx.sink.audio_format or c.output_format
-        audio_out = AudioOut(ctx.sink, ctx.clock, OutputAudio(ctx.engines.tts.sample_rate, fmt)) if audio else None
+        audio_out = None
+        if audio:
+            echo = EchoReference(ctx.speaker, fmt.rate) if ctx.speaker is not None else None
+            audio_out = AudioOut(ctx.sink, ctx.clock, OutputAudio(ctx.engines.tts.sample_rate, fmt), echo)
         temperature = p.temperature if p.temperature is not None else c.temperature
         pipeline = ReplyPipeline(
             response_id=ev.new_id("resp"), item=item, engines=ctx.engines, messages=[], audio_out=audio_out,
-            emit=ctx.emit, max_tokens=max_tokens,
+            emit=ctx.emit, max_tokens=max_tokens, llm_lock=ctx.llm_lock,
             temperature=ctx.settings.temperature if temperature is None else temperature,
         )
         reply = Reply(pipeline.response_id, pipeline, c, modalities, p,

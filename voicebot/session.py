@@ -28,10 +28,11 @@ from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.conversation import ContentType, Conversation, Item
+from voicebot.core.echo import SpeakerTimeline
 from voicebot.core.endpoint import JudgeTurn, PauseStarted, SpeechResumed, SpeechStarted, SpeechStopped
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
-from voicebot.core.types import ENGINE_RATE, Int16Array
+from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.hearing import Hearing
@@ -69,17 +70,25 @@ class Session:
             instructions=self.conversation.instructions or settings.instructions))
         self.playout = PlayoutClock(settings.output_lead_ms if output_lead_ms is None else output_lead_ms)
         self.turns = TurnTracker()
-        self.hearing = Hearing(engines.vad(), self.config.vad)
+        #: What the listener's speaker plays (the reply pipeline writes it, the echo canceller reads it).
+        self.speaker = SpeakerTimeline() if engines.echo is not None else None
+        echo = (engines.echo(), self.speaker) if engines.echo is not None and self.speaker is not None else None
+        self.hearing = Hearing(engines.vad(), self.config.vad, echo)
         self._speech_item_id = ev.new_id("item")
         self.speculation: Speculation | None = None
         self.turn_complete_probability: float | None = None  # the turn model's last verdict
+        self._prefill: asyncio.Task[None] | None = None  # the partial transcript being prefilled
+        self._prefilled_ms = 0.0  # speech covered by the last prefill of this turn
         self.transcriptions: dict[str, asyncio.Task[str]] = {}
         self._tasks = OwnedTasks(self.id, self._task_failed)
+        #: One LLM request of this session at a time (see ResponseContext.llm_lock).
+        self.llm_lock = asyncio.Lock()
         self._closed = False
         self.responses = Responses(ResponseContext(
             session_id=self.id, engines=engines, settings=settings, conversation=self.conversation,
-            turns=self.turns, sink=sink, clock=self.playout, config=lambda: self.config, emit=self.emit,
-            spawn=self.spawn, transcripts_ready=self._transcripts_ready))
+            turns=self.turns, sink=sink, clock=self.playout, speaker=self.speaker, config=lambda: self.config,
+            emit=self.emit,
+            spawn=self.spawn, transcripts_ready=self._transcripts_ready, llm_lock=self.llm_lock))
 
     def _fixed_media(self, config: SessionConfig) -> SessionConfig:
         """A transport with its own media (a WebRTC track, a phone line) fixes both audio formats."""
@@ -177,27 +186,57 @@ class Session:
 
     def update(self, session: ev.SessionConfig, *, event_id: str | None = None) -> None:
         """``session.update``: change what the client may change; answered with ``session.updated``."""
-        self.config = self._fixed_media(apply_update(self.config, session, event_id))
+        old, self.config = self.config, self._fixed_media(apply_update(self.config, session, event_id))
         self.hearing.configure(self.config.vad)
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
+        if self.config.instructions != old.instructions and (self._prefill is None or self._prefill.done()):
+            # New instructions: evaluate them now, not when the first question is waiting for it.
+            history = self.conversation.chat_messages(self.config.instructions)
+            self._prefill = self.spawn(self._prefill_messages(history), "prefill-instructions")
 
     # --- audio in ------------------------------------------------------------------------------
 
     def feed_audio(self, data: bytes, fmt: AudioFormat | None = None, *, event_id: str | None = None) -> None:
         """Input audio of any length, in ``fmt`` (default: the session's input format): buffer it
         and run turn detection. Undecodable audio raises ProtocolError (param ``audio``)."""
+        now = time.monotonic()
+        self.hearing.guard(self.turns.reply_audible or self.playout.queued_ms(now) > 0)
         try:
-            endpoint_events = self.hearing.feed(data, fmt or self.config.input_format)
+            endpoint_events = self.hearing.feed(data, fmt or self.config.input_format, now)
         except ValueError as exc:  # AudioFormatError: the message says what is wrong
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
         for event in endpoint_events:
             self._on_endpoint(event)
+        self._maybe_prefill()
+
+    def _maybe_prefill(self) -> None:
+        """Long speech: every so often, put what was said so far into the LLM's prompt cache."""
+        hearing = self.hearing
+        if (not self.settings.prefill_during_speech or hearing.speech_start_ms is None
+                or self.speculation is not None or (self._prefill is not None and not self._prefill.done())):
+            return
+        spoken = hearing.buffer.end_ms - hearing.speech_start_ms
+        if spoken - self._prefilled_ms < self.settings.prefill_every_ms:
+            return
+        self._prefilled_ms = spoken
+        self._prefill = self.spawn(self._prefill_partial(hearing.speech_audio()), "prefill")
+
+    async def _prefill_partial(self, audio: Int16Array) -> None:
+        text = (await self._transcribe(audio)).strip()
+        if text and self.hearing.speech_start_ms is not None:  # the turn is still going on
+            history = self.conversation.chat_messages(self.config.instructions)
+            await self._prefill_messages([*history, ChatMessage("user", text)])
+
+    async def _prefill_messages(self, messages: list[ChatMessage]) -> None:
+        async with self.llm_lock:
+            await self.engines.llm.prefill(messages)
 
     def _on_endpoint(self, event: object) -> None:
         policy = self.config.policy
         match event:
             case SpeechStarted(audio_start_ms=start):
                 self.hearing.speech_start_ms = float(start)
+                self._prefilled_ms = 0.0
                 self.emit(ev.server_event("input_audio_buffer.speech_started", audio_start_ms=start,
                                           item_id=self._speech_item_id))
                 self._carry_out(self.turns.speech_started(policy, output_playing=self._output_playing()),
@@ -230,8 +269,14 @@ class Session:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
 
     async def _judge(self, pause: int, audio: Int16Array) -> None:
-        """Ask the turn model whether the pause ends the turn; the endpointer weighs the answer."""
+        """Ask the turn model whether the pause ends the turn; the endpointer weighs the answer.
+
+        After the pause's transcription: that one is on the way to the reply, this verdict only
+        matters once the base silence is over, and two cores should not split between them.
+        """
         assert self.engines.turn is not None
+        if self.speculation is not None:
+            await asyncio.wait([self.speculation.task])
         probability = await asyncio.to_thread(self.engines.turn.complete_probability, int16_to_float32(audio))
         self.turn_complete_probability = probability
         self.hearing.judged(pause, probability)
@@ -403,6 +448,8 @@ class Session:
             self.sink.clear()
         if Action.CLEAR_OUTPUT in actions:
             self.playout.flush(now)
+            if self.speaker is not None:
+                self.speaker.flush(now)
         if Action.CANCEL_REPLY in actions:
             self.responses.cancel(reason)
 

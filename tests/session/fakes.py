@@ -15,7 +15,7 @@ import numpy as np
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat
 from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
-from voicebot.engines.base import Engines
+from voicebot.engines.base import EchoCancellerFactory, Engines
 from voicebot.sink import AudioChunk
 
 RATE = 16_000
@@ -58,6 +58,7 @@ class SlowLlm:
         self.first_delay = first_delay  # a long prompt evaluation before the first token
         self.cleanup_s = cleanup_s  # how long stopping takes (a C++ loop noticing its stop flag)
         self.requests: list[list[ChatMessage]] = []
+        self.prefills: list[list[ChatMessage]] = []
         self.active = 0
         self.closed = 0
 
@@ -75,6 +76,10 @@ class SlowLlm:
                 await asyncio.shield(asyncio.sleep(self.cleanup_s))
             self.active -= 1
             self.closed += 1
+
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        self.prefills.append(list(messages))
+        await asyncio.sleep(self.delay)
 
 
 class ToneTts:
@@ -107,8 +112,10 @@ class FixedTurn:
 
 
 def fake_engines(asr: ScriptedAsr | None = None, llm: SlowLlm | None = None,
-                 tts: ToneTts | None = None, turn: FixedTurn | None = None) -> Engines:
-    return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts(), turn=turn)
+                 tts: ToneTts | None = None, turn: FixedTurn | None = None,
+                 echo: EchoCancellerFactory | None = None) -> Engines:
+    return Engines(vad=EnergyVad, asr=asr or ScriptedAsr(), llm=llm or SlowLlm(), tts=tts or ToneTts(), turn=turn,
+                   echo=echo)
 
 
 class RecordingSink:

@@ -241,3 +241,34 @@ def test_a_verdict_for_an_earlier_pause_is_ignored() -> None:
 def test_semantic_settings_are_checked() -> None:
     with pytest.raises(EndpointConfigError):
         EndpointConfig(silence_duration_ms=750, judge_after_ms=256, incomplete_silence_ms=500)
+
+
+def test_while_the_assistant_talks_only_speech_at_the_persons_level_interrupts() -> None:
+    ep = Endpointer()
+    feed_levels = lambda seq, level: [e for s in seq for e in ep.process(s, level)]  # noqa: E731
+    assert any(isinstance(e, SpeechStarted) for e in feed_levels([VOICE] * 40, -20.0))  # the person, at -20 dBFS
+    feed_levels([QUIET] * 30, -60.0)
+    assert abs(ep.speaker_level_db_now() + 20) < 1
+    ep.guarded = True
+    assert feed_levels([VOICE] * 10, -40.0) == [], "chatter 20 dB under their level does not barge in"
+    assert any(isinstance(e, SpeechStarted) for e in feed_levels([VOICE] * 3, -24.0)), "they do"
+    feed_levels([QUIET] * 30, -60.0)
+    ep.guarded = False
+    assert any(isinstance(e, SpeechStarted) for e in feed_levels([VOICE] * 3, -40.0)), "a quiet turn of their own"
+
+
+def test_the_quick_detector_with_webrtcvad_starts_speech_silero_has_not_confirmed_yet() -> None:
+    rising = VadScores(fast=True, prob=0.2, quick=0.9)  # a soft onset: Silero still low
+    events = feed(Endpointer(), [QUIET] * 5 + [rising, rising])
+    assert [e for _, e in events] == [SpeechStarted(audio_start_ms=5 * HOP)]
+    alone = VadScores(fast=False, prob=0.2, quick=0.95)  # without webrtcvad: not enough
+    assert feed(Endpointer(), [QUIET] * 5 + [alone] * 10) == []
+
+
+def test_while_the_assistant_talks_one_voiced_hop_starts_speech() -> None:
+    ep = Endpointer()
+    ep.guarded = True
+    events = feed(ep, [QUIET] * 5 + [VOICE])
+    assert [(hop, e) for hop, e in events] == [(5, SpeechStarted(audio_start_ms=5 * HOP))]
+    ep2 = Endpointer()
+    assert feed(ep2, [QUIET] * 5 + [VOICE]) == [], "otherwise two, as a click must not start a turn"

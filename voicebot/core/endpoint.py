@@ -29,8 +29,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from voicebot.core.types import VadScores
 from voicebot.errors import VoicebotError
+
+#: The person's level is learned from their last this many voiced hops (~8 s of speech) ...
+LEVEL_HOPS = 256
+#: ... once there are this many (~1 s): before that, nothing is gated.
+MIN_LEVEL_HOPS = 30
 
 
 class EndpointConfigError(VoicebotError, ValueError):
@@ -44,9 +51,9 @@ class EndpointConfig:
     threshold: float = 0.5  # Silero probability for "voiced"
     prefix_padding_ms: int = 300  # audio kept before the onset; used by the session, not here
     silence_duration_ms: int = 500  # trailing silence that ends the turn
-    # Trailing silence that triggers PauseStarted (0 = never). Whisper needs ~0.5 s on 2 cores, so
-    # starting at 120 ms has the transcript nearly ready when the 500 ms end-of-turn silence is over.
-    speculate_after_ms: int = 120
+    # Trailing silence that triggers PauseStarted (0 = never): the transcription and the reply
+    # start here, during the silence that must pass anyway before the turn may end.
+    speculate_after_ms: int = 64
     onset_hops: int = 2  # voiced hops needed ...
     onset_window: int = 3  # ... within this many consecutive hops to start speech
     # Extra onset debounce: the voiced run must span this long before SpeechStarted. 0 by
@@ -57,6 +64,14 @@ class EndpointConfig:
     # ... and when it says "incomplete" (p below incomplete_below), wait this long instead.
     incomplete_silence_ms: int = 0
     incomplete_below: float = 0.3
+    # While the assistant is audible, an onset must be within this many dB of the person's own
+    # speaking level (0 = off): distant chatter and leftover echo are speech too, but not theirs.
+    barge_in_gate_db: float = 10.0
+    # A hop is also voiced when webrtcvad and the quick RNN detector agree (>= quick_threshold) ...
+    quick_threshold: float = 0.8
+    # ... and while the assistant is audible one voiced hop starts speech (the echo canceller, the
+    # level gate and the echo check guard it): every hop is barge-in latency.
+    barge_in_onset_hops: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -66,8 +81,8 @@ class EndpointConfig:
                 raise EndpointConfigError(f"{name} must not be negative")
         if self.silence_duration_ms == 0:
             raise EndpointConfigError("silence_duration_ms must be positive")
-        if not 1 <= self.onset_hops <= self.onset_window:
-            raise EndpointConfigError("need 1 <= onset_hops <= onset_window")
+        if not 1 <= self.onset_hops <= self.onset_window or self.barge_in_onset_hops < 1:
+            raise EndpointConfigError("need 1 <= onset_hops <= onset_window and barge_in_onset_hops >= 1")
         if self.judge_after_ms < 0 or (self.judge_after_ms and self.incomplete_silence_ms < self.silence_duration_ms):
             raise EndpointConfigError("a semantic end of turn needs incomplete_silence_ms >= silence_duration_ms")
 
@@ -135,6 +150,9 @@ class Endpointer:
         self._last_voiced = 0  # index of the last voiced hop, in speech
         self._silence_start: int | None = None  # first silent hop after it, if any
         self._paused = False  # PauseStarted sent, neither resumed nor stopped yet
+        self.guarded = False  # the assistant is audible: onsets must be at the person's level
+        self.speaker_level_db: float | None = None  # the person's speaking level (voiced hops, dBFS)
+        self._levels: deque[float] = deque(maxlen=LEVEL_HOPS)  # their recent voiced hops, dBFS
         self._pauses = 0  # pauses judged so far: a late verdict must not land on a later pause
         self._judging: int | None = None  # the pause JudgeTurn was sent for
         self._verdict: float | None = None  # its answer: P(the turn is complete)
@@ -176,15 +194,35 @@ class Endpointer:
             return cfg.incomplete_silence_ms
         return cfg.silence_duration_ms
 
-    def process(self, scores: VadScores) -> list[EndpointEvent]:
-        """Take the next hop's scores; return the events it caused (usually none)."""
+    def process(self, scores: VadScores, level_db: float | None = None) -> list[EndpointEvent]:
+        """Take the next hop's scores (and its level in dBFS); return the events it caused."""
         hop = self._hops
         self._hops += 1
         cfg = self.config
-        voiced = (scores.prob >= cfg.threshold and scores.fast) or scores.prob >= cfg.confident_threshold
+        voiced = ((scores.prob >= cfg.threshold and scores.fast) or scores.prob >= cfg.confident_threshold
+                  or (scores.fast and scores.quick >= cfg.quick_threshold))
         if not self._in_speech:
+            if voiced and self._too_quiet_to_interrupt(level_db):
+                voiced = False
             return self._listen(hop, voiced)
+        if voiced and level_db is not None and not self.guarded:
+            self._learn_level(level_db)
         return self._speak(hop, voiced, scores.prob < cfg.negative_threshold)
+
+    def _too_quiet_to_interrupt(self, level_db: float | None) -> bool:
+        gate = self.config.barge_in_gate_db
+        if not self.guarded or gate <= 0 or level_db is None or len(self._levels) < MIN_LEVEL_HOPS:
+            return False
+        return level_db < self.speaker_level_db_now() - gate
+
+    def speaker_level_db_now(self) -> float:
+        """How loud the person speaks: the 80th percentile of their last voiced hops (dBFS), so
+        their vowels count, not the soft ends of their words."""
+        self.speaker_level_db = float(np.percentile(self._levels, 80))
+        return self.speaker_level_db
+
+    def _learn_level(self, level_db: float) -> None:
+        self._levels.append(level_db)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -200,7 +238,8 @@ class Endpointer:
         if not self._window:
             self._run_start = None
             return []
-        if len(self._window) < cfg.onset_hops:
+        needed = min(cfg.onset_hops, cfg.barge_in_onset_hops) if self.guarded else cfg.onset_hops
+        if len(self._window) < needed:
             return []
         if self._run_start is None:
             self._run_start = self._window[0]

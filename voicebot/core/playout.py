@@ -40,10 +40,12 @@ class PlayoutClock:
         """Seconds to wait so that no more than ``lead_ms`` of audio sits queued at the listener."""
         return max(0.0, (self.queued_ms(now) - self.lead_ms) / 1000.0)
 
-    def sent(self, duration_ms: float, now: float) -> None:
+    def sent(self, duration_ms: float, now: float) -> float:
+        """Audio of ``duration_ms`` went out at ``now``; returns when the listener starts playing it."""
         start = now if self._busy_until is None else max(self._busy_until, now)
         self._busy_until = start + duration_ms / 1000.0
         self.sent_ms += duration_ms
+        return start
 
     def played_ms(self, now: float) -> float:
         """Position of the listener on the timeline at ``now`` (what it has heard, at most)."""

@@ -24,7 +24,8 @@ class VadScores:
     """One VAD hop (``VoiceActivityDetector.hop_samples`` samples at 16 kHz)."""
 
     fast: bool  # webrtcvad: cheap, instant onset, fooled by noise
-    prob: float  # silero: speech probability in [0, 1], robust to noise
+    prob: float  # silero: speech probability in [0, 1], robust to noise, slow to rise
+    quick: float = 0.0  # WebRTC's RNN detector: rises within 10-50 ms of a voiced onset
 
 
 Role = Literal["system", "user", "assistant"]

@@ -61,6 +61,12 @@ class LanguageModel(Protocol):
         """
         ...
 
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        """Evaluate ``messages`` into the prompt cache now, so that a reply to a conversation that
+        starts with them only evaluates what comes after (the words said since). A no-op for a
+        backend without a cache of its own to warm (a remote server)."""
+        ...
+
 
 class SpeechSynthesizer(Protocol):
     """Blocking, thread-safe text-to-speech."""
@@ -71,6 +77,20 @@ class SpeechSynthesizer(Protocol):
     def synthesize(self, text: str) -> Int16Array:
         """Mono int16 samples at ``sample_rate`` for one clause or sentence."""
         ...
+
+
+class EchoCanceller(Protocol):
+    """Per-session, stateful: remove from the microphone what the speaker played."""
+
+    frame_samples: int
+
+    def process(self, near: Int16Array, far: Int16Array) -> Int16Array:
+        """``near`` (microphone) and ``far`` (speaker), 16 kHz int16, whole frames of ``frame_samples``."""
+        ...
+
+
+class EchoCancellerFactory(Protocol):
+    def __call__(self) -> EchoCanceller: ...
 
 
 class TurnDetector(Protocol):
@@ -92,3 +112,4 @@ class Engines:
     llm: LanguageModel
     tts: SpeechSynthesizer
     turn: TurnDetector | None = None  # semantic end of turn; without it, silence alone decides
+    echo: EchoCancellerFactory | None = None  # echo cancellation of the microphone; None = off

@@ -13,6 +13,7 @@ request handler directly, which skips the HTTP layer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -50,6 +51,7 @@ class LlamaCppModel:
         parallel: int = 2,
         name: str = "qwen2.5-coder-1.5b-instruct",
         sampling: Mapping[str, Any] | None = None,
+        cache_ram_mib: int = 1024,
     ) -> None:
         """``sampling``: extra llama-server request fields for every generation (``top_k``,
         ``repeat_penalty``, ``ignore_eos``...)."""
@@ -69,6 +71,10 @@ class LlamaCppModel:
         params.api_keys = [self._api_key]
         params.n_threads_http = 1
         params.cache_prompt = True
+        # llama.cpp also keeps evicted slots' prompts in RAM to restore them into any slot (a
+        # conversation that lost its slot to another resumes without a cold prompt evaluation);
+        # bounded, or a long-running server grows by ~28 KB per cached token up to 8 GB.
+        params.cache_ram_mib = cache_ram_mib
         params.endpoint_metrics = True  # for metrics(); the HTTP route is key-protected anyway
         params.verbosity = -1 if not log.isEnabledFor(logging.DEBUG) else 3
         params.warmup = True
@@ -120,6 +126,19 @@ class LlamaCppModel:
         self._server.handle_chat_completions(request, on_chunk)
         if errors:
             raise EngineError(f"embedded LLM error: {errors[0]}")
+
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        """Prompt evaluation only (llama.cpp decodes one token, which is thrown away).
+
+        The slot keeps the evaluated prompt in its KV cache (cache_prompt) and llama.cpp picks the
+        slot whose cache matches a request best, so the reply that follows reuses it. Cancelling
+        stops after that one token; a prompt evaluation itself cannot be interrupted.
+        """
+        stop = threading.Event()
+        try:
+            await asyncio.to_thread(self._generate, self._request(messages, 0, 0.0), lambda _piece: None, stop)
+        finally:
+            stop.set()
 
     def complete(self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float = 0.0) -> str:
         """Blocking, whole-reply generation (warm-up, benchmarks, tools)."""

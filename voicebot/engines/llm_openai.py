@@ -60,6 +60,9 @@ class OpenAIChatModel:
         finally:
             await response.close()  # drops the HTTP stream: the server stops generating
 
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        """Nothing to warm here: a remote server keeps its own prompt cache."""
+
     def _describe(self, exc: openai.OpenAIError) -> str:
         if isinstance(exc, openai.APIStatusError):
             return f"LLM endpoint {self.base_url} answered HTTP {exc.status_code}: {exc.message}"

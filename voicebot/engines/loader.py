@@ -59,6 +59,7 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
 
 def load_engines(settings: Settings, progress: Progress | None = None) -> Engines:
     """Load VAD, ASR, LLM and TTS; raises ModelError with a fix when a model is missing."""
+    from voicebot.engines.aec_webrtc import WebRtcEchoCanceller
     from voicebot.engines.asr_whisper import WhisperRecognizer
     from voicebot.engines.tts_piper import PiperSynthesizer
     from voicebot.engines.turn_smart import SmartTurn
@@ -80,8 +81,9 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
         "TTS (piper joe-medium)", lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed)
     )
     turn = _timed("turn model (smart-turn v3.2)", lambda: SmartTurn(smart_turn_path(cache)))
+    echo = WebRtcEchoCanceller if settings.echo_cancellation else None
     llm = load_llm(settings, progress)
-    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn)
+    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn, echo=echo)
 
 
 async def close_engines(engines: Engines) -> None:
