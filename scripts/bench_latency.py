@@ -137,7 +137,8 @@ async def turn(s: Session, samples: np.ndarray, text: str, results: dict[str, An
     # speculative one) or starts then (one created at the end of the turn).
     origin = stopped_at - (m.get("released_ms") or 0) / 1000 if m.get("speculative") else stopped_at
     marks = {"turn end": stopped_at}
-    for key, name in (("history_ready_ms", "transcript"), ("llm_first_token_ms", "LLM first token"),
+    for key, name in (("history_ready_ms", "transcript"), ("llm_started_ms", "LLM asked"),
+                      ("llm_first_token_ms", "LLM first token"),
                       ("first_clause_ms", "first clause"), ("tts_first_audio_ms", "first audio synthesized")):
         if m.get(key) is not None:
             marks[name] = origin + m[key] / 1000
@@ -318,7 +319,7 @@ def plot(stages: list[dict[str, float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["turn end", "transcript", "LLM first token", "first clause", "first audio synthesized",
+    names = ["turn end", "transcript", "LLM asked", "LLM first token", "first clause", "first audio synthesized",
              "first audio received"]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for k, name in enumerate(names):
@@ -369,7 +370,7 @@ async def main() -> None:
                  "barge_in_last_delta", "disturbed_detect"):
         print(row(name.replace("_", " "), results[name]))
     stages = results["stages"]
-    for name in ("turn end", "transcript", "LLM first token", "first clause", "first audio synthesized"):
+    for name in ("turn end", "transcript", "LLM asked", "LLM first token", "first clause", "first audio synthesized"):
         print(row(f"stage: {name}", [st[name] for st in stages if name in st]))
     counts = {k: (int(sum(v)), len(v)) for k, v in results.items()
               if k.startswith(("false_barge_in", "premature", "barge_in_missed", "disturbed_missed"))}

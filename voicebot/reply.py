@@ -31,7 +31,7 @@ from voicebot.sink import AudioChunk, OutputSink
 
 #: The first chunk is spoken after this many words even if no comma came yet: the caller hears
 #: the answer start ~0.5 s sooner on a CPU LLM, at the cost of a slightly early first pause.
-FIRST_CHUNK_MAX_WORDS = 3
+FIRST_CHUNK_MAX_WORDS = 2
 _CLAUSE_QUEUE = 4  # clauses waiting for TTS
 _AUDIO_QUEUE = 2  # synthesized clauses waiting to be sent
 
@@ -43,6 +43,7 @@ class ReplyTimings:
     started: float = field(default_factory=time.monotonic)
     history_ready: float | None = None  # every user turn transcribed: the LLM can be asked
     released: float | None = None  # the turn ended (a speculative reply waits for this to be heard)
+    llm_started: float | None = None  # the LLM was asked (after the session's previous request ended)
     llm_first_token: float | None = None
     first_clause: float | None = None
     tts_first_audio: float | None = None
@@ -56,6 +57,7 @@ class ReplyTimings:
         return {
             "history_ready_ms": since(self.history_ready),
             "released_ms": since(self.released),
+            "llm_started_ms": since(self.llm_started),
             "llm_first_token_ms": since(self.llm_first_token),
             "first_clause_ms": since(self.first_clause),
             "tts_first_audio_ms": since(self.tts_first_audio),
@@ -128,6 +130,7 @@ class ReplyPipeline:
         # Closing the engine's generator is what stops generation (and its thread) at once; the
         # lock is released only once it has, so the session's next request reuses this cache.
         async with self.llm_lock:
+            self.timings.llm_started = time.monotonic()
             stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
                                              temperature=self.temperature)
             async with contextlib.aclosing(stream):

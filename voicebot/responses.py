@@ -320,6 +320,8 @@ class Responses:
             if item.id in conversation:
                 self.emit(ev.server_event("conversation.item.done", previous_item_id=conversation.previous_id(item.id),
                                           item=item.to_wire()))
+        if status == "completed" and item.id in conversation:
+            self.ctx.spawn(self._prefill_next_turn(reply.instructions), "prefill-next-turn")
         wire = self._wire(reply, status, details)
         metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
                    "speculative": reply.speculative}
@@ -327,6 +329,13 @@ class Responses:
         self.metrics.append(metrics)
         del self.metrics[:-METRICS_KEPT]
         self.emit(ev.server_event("response.done", response=wire))
+
+    async def _prefill_next_turn(self, instructions: str) -> None:
+        """After a reply: the history with the person's next message begun, into the prompt cache,
+        so their next turn evaluates only their words (the chat template's few tokens are done)."""
+        async with self.ctx.llm_lock:
+            history = self.ctx.conversation.chat_messages(instructions)
+            await self.ctx.engines.llm.prefill([*history, ChatMessage("user", "")])
 
     def cancel(self, reason: str) -> None:
         """The active reply ends *now*, in this very step (barge-in, response.cancel, a keypad press).

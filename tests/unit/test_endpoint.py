@@ -77,8 +77,11 @@ def test_voiced_hops_too_far_apart_do_not_start() -> None:
 def test_short_dips_between_thresholds_keep_speech() -> None:
     ep = Endpointer()
     seq = [VOICE] * 5 + ([DIP] * 30 + [VOICE] * 2) * 3  # ~1 s dips, never below 0.35
-    events = feed(ep, seq)
-    assert events == [(1, SpeechStarted(audio_start_ms=0))]
+    events = [e for _, e in feed(ep, seq)]
+    assert events[0] == SpeechStarted(audio_start_ms=0)
+    # Each dip may start a speculative transcription (it counts from the last voiced hop), but the
+    # turn never ends in one: the end of a turn needs Silero's silence.
+    assert set(map(type, events[1:])) <= {PauseStarted, SpeechResumed}
     assert ep.in_speech
 
 

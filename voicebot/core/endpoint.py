@@ -262,19 +262,22 @@ class Endpointer:
             return [SpeechResumed()] if resumed else []
         if silent and self._silence_start is None:
             self._silence_start = hop
-        if self._silence_start is None:
-            return []  # between the thresholds with no silence yet: still speaking
-        silence_ms = self._ms(hop + 1) - self._ms(self._silence_start)
         end_ms = self._ms(self._last_voiced + 1)
+        events: list[EndpointEvent] = []
+        # Speculation counts from the last voiced hop, not from Silero's (slower, hysteretic)
+        # silence: being early only costs a transcription that may be thrown away.
+        unvoiced_ms = self._ms(hop + 1) - end_ms
+        speculate = 0 < cfg.speculate_after_ms < cfg.silence_duration_ms
+        if speculate and not self._paused and unvoiced_ms >= cfg.speculate_after_ms:
+            self._paused = True
+            events.append(PauseStarted(audio_end_ms=end_ms))
+        if self._silence_start is None:
+            return events  # between the thresholds with no silence yet: still speaking
+        silence_ms = self._ms(hop + 1) - self._ms(self._silence_start)
         if silence_ms >= self._required_silence_ms():
             self._in_speech = False
             self._end_pause()
             return [SpeechStopped(audio_end_ms=end_ms)]
-        events: list[EndpointEvent] = []
-        speculate = 0 < cfg.speculate_after_ms < cfg.silence_duration_ms
-        if speculate and not self._paused and silence_ms >= cfg.speculate_after_ms:
-            self._paused = True
-            events.append(PauseStarted(audio_end_ms=end_ms))
         if cfg.judge_after_ms and self._judging is None and silence_ms >= cfg.judge_after_ms:
             self._pauses += 1
             self._judging = self._pauses

@@ -113,6 +113,10 @@ class LlamaCppModel:
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             # Called from C++ once per token; it must not raise. True = stop generating now.
+            if "timings" in chunk and log.isEnabledFor(logging.DEBUG):
+                t = chunk["timings"]
+                log.debug("llama.cpp: %s prompt tokens evaluated in %.0f ms (%s cached), %s predicted",
+                          t.get("prompt_n"), t.get("prompt_ms", 0), t.get("cache_n"), t.get("predicted_n"))
             error = chunk.get("error")
             if error:
                 errors.append(str(error.get("message", error)) if isinstance(error, dict) else str(error))

@@ -78,7 +78,8 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
         ),
     )
     tts = _timed(
-        "TTS (piper joe-medium)", lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed)
+        "TTS (piper joe-medium)",
+        lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed, threads=settings.tts_threads),
     )
     turn = _timed("turn model (smart-turn v3.2)", lambda: SmartTurn(smart_turn_path(cache)))
     echo = WebRtcEchoCanceller if settings.echo_cancellation else None

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 from piper import PiperVoice, SynthesisConfig
 
 from voicebot.core.types import Int16Array
@@ -26,11 +27,19 @@ _phonemize_lock = threading.Lock()
 class PiperSynthesizer:
     """Loaded once per process, shared by every session."""
 
-    def __init__(self, model_path: Path, *, speed: float = 1.0, name: str = "piper") -> None:
+    def __init__(self, model_path: Path, *, speed: float = 1.0, name: str = "piper", threads: int = 1) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
         self.name = name
         self._voice = PiperVoice.load(model_path)
+        # One thread per synthesis: the LLM is writing the rest of the reply on the other cores
+        # meanwhile, and under that load one thread voiced the first clause faster than two
+        # (133 vs 161 ms for "Sure, I can"; idle, two win: 69 vs 95 ms). Sessions synthesize in parallel.
+        opts = onnxruntime.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        self._voice.session = onnxruntime.InferenceSession(str(model_path), sess_options=opts,
+                                                           providers=["CPUExecutionProvider"])
         self.sample_rate: int = int(self._voice.config.sample_rate)
         length_scale = self._voice.config.length_scale / speed
         self._config = SynthesisConfig(length_scale=length_scale, normalize_audio=False)
