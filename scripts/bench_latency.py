@@ -147,6 +147,7 @@ async def turn(s: Session, samples: np.ndarray, text: str, results: dict[str, An
     results["speculative"].append(bool(m.get("speculative")))
     print(f"  voice-to-voice {v2v:.0f} ms (speculative {bool(m.get('speculative'))}); heard {heard!r}", flush=True)
     await s.listen_out(rid)
+    results["underruns"].append(s.caller.playback.underruns.get(rid, 0))
 
 
 async def pause_case(s: Session, first: np.ndarray, second: np.ndarray, text: str, results: dict[str, Any]) -> None:
@@ -309,7 +310,7 @@ def new_results() -> dict[str, Any]:
     return {k: [] for k in (
         "voice_to_voice", "endpointing", "asr", "wer", "stages", "speculative", "premature_endpoints", "pause_wer",
         "barge_in_detect", "barge_in_detect_30db", "barge_in_last_delta", "barge_in_missed", "false_barge_ins",
-        "disturbed_detect", "disturbed_missed")}
+        "disturbed_detect", "disturbed_missed", "underruns")}
 
 
 def plot(stages: list[dict[str, float]], path: Path) -> None:
@@ -380,7 +381,8 @@ async def main() -> None:
     if results["wer"]:
         print(f"\nWER of the turns: {statistics.mean(results['wer']):.3f} (mean over {len(results['wer'])}); "
               f"pause cases: {statistics.mean(results['pause_wer'] or [float('nan')]):.3f}; "
-              f"speculative replies: {sum(results['speculative'])}/{len(results['speculative'])}")
+              f"speculative replies: {sum(results['speculative'])}/{len(results['speculative'])}; "
+              f"playback underruns: {sum(results['underruns'])}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.plot and stages:

@@ -95,7 +95,7 @@ class Settings:
     llm_threads: int = field(default=2, metadata=_meta("CPU threads for the embedded LLM."))
     llm_context: int = field(default=4096, metadata=_meta("Context window (tokens) for the embedded LLM."))
     llm_parallel: int = field(
-        default=2, metadata=_meta("Concurrent generation slots in the embedded LLM (one per active reply).")
+        default=3, metadata=_meta("Concurrent generation slots in the embedded LLM (one per active reply).")
     )
     model_dir: str = field(
         default="",
@@ -173,10 +173,11 @@ class Settings:
                        "the listener is playing), so a speakerphone or a leaky headset does not interrupt it."),
     )
     prefill_during_speech: bool = field(
-        default=True,
+        default=False,
         metadata=_meta("While the user speaks, transcribe what was said so far every "
                        "--prefill-every-ms and evaluate it into the embedded LLM's prompt cache, so the "
-                       "reply only evaluates the last words."),
+                       "reply only evaluates the last words. Off by default: on two cores the extra "
+                       "transcriptions cost what the prefill saves (docs/benchmarks.md)."),
     )
     prefill_every_ms: int = field(default=800, metadata=_meta("Speech between two prefills (ms)."))
     speculative_replies: bool = field(

@@ -32,6 +32,9 @@ from voicebot.sink import AudioChunk, OutputSink
 #: The first chunk is spoken after this many words even if no comma came yet: the caller hears
 #: the answer start ~0.5 s sooner on a CPU LLM, at the cost of a slightly early first pause.
 FIRST_CHUNK_MAX_WORDS = 2
+#: When the listener has less than this queued and nothing else is synthesized, the words the LLM
+#: has written so far are spoken at once rather than at the end of the sentence (SpeechChunker.hurry).
+HURRY_BELOW_MS = 350
 _CLAUSE_QUEUE = 4  # clauses waiting for TTS
 _AUDIO_QUEUE = 2  # synthesized clauses waiting to be sent
 
@@ -110,6 +113,7 @@ class ReplyPipeline:
     full_text: str = ""  # everything the LLM wrote (the item keeps only what was spoken)
     #: Where this reply's audio begins on the playout clock's timeline (set by the first chunk).
     audio_start_ms: float | None = None
+    _clauses_unsent: int = 0  # chunks handed to the TTS whose audio has not all been sent yet
 
     def _ids(self) -> dict[str, Any]:
         return {"response_id": self.response_id, "item_id": self.item.id, "output_index": 0,
@@ -154,15 +158,26 @@ class ReplyPipeline:
         chunker = SpeechChunker(first_max_words=FIRST_CHUNK_MAX_WORDS)
         async with contextlib.aclosing(self._tokens()) as tokens:  # closed however we leave
             async for piece in tokens:
-                for clause in chunker.push(piece):
+                ready = chunker.push(piece)
+                if not ready and self._starving():
+                    ready = chunker.hurry()  # a shorter chunk now beats a gap in the voice
+                for clause in ready:
                     await self._put_clause(clauses, clause)
         for clause in chunker.flush():
             await self._put_clause(clauses, clause)
         await clauses.put(None)
 
+    def _starving(self) -> bool:
+        """The listener is about to hear silence mid-reply: everything synthesized has been sent
+        and less than HURRY_BELOW_MS of it is still queued at the listener."""
+        out = self.audio_out
+        return (out is not None and self.audio_start_ms is not None and self._clauses_unsent == 0
+                and out.clock.queued_ms(time.monotonic()) < HURRY_BELOW_MS)
+
     async def _put_clause(self, clauses: asyncio.Queue[str | None], clause: str) -> None:
         if self.timings.first_clause is None:
             self.timings.first_clause = time.monotonic()
+        self._clauses_unsent += 1
         await clauses.put(clause)
 
     async def _synthesize(self, clauses: asyncio.Queue[str | None],
@@ -174,6 +189,8 @@ class ReplyPipeline:
                 self.timings.tts_first_audio = time.monotonic()
             if samples.size:
                 await audio.put((clause, samples))
+            else:
+                self._clauses_unsent -= 1  # nothing to say (punctuation only)
         await audio.put(None)
 
     async def _send(self, audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
@@ -193,6 +210,7 @@ class ReplyPipeline:
                                    delta=clause if not self.item.segments[:-1] else " " + clause,
                                    **self._ids()))
             await self._send_audio(converted)
+            self._clauses_unsent -= 1
         tail = out.converter.finish()
         if tail.size:
             await self._send_audio(tail)

@@ -142,8 +142,9 @@ async def test_phone_barge_in_clears_and_cuts_the_history_to_what_was_heard(serv
     async with call(server.media_url, {"conversation": conversation.id}) as phone:
         await asyncio.sleep(0.3)
         await phone.say(question)
-        # Interrupt one second into the answer: its first clause alone is longer than that.
-        await phone.wait(lambda: len(phone.heard) >= RATE * 1, timeout=scaled(90))
+        # Interrupt 2.5 s into the answer: past the short first chunk (two or three words), inside a
+        # later clause of the long answer, so some of what was already sent has not been heard.
+        await phone.wait(lambda: len(phone.heard) >= RATE * 2.5, timeout=scaled(90))
         interrupted_at = await phone.say(interruption)
         await phone.wait(lambda: phone.of("clear"), timeout=scaled(30))
         clear_at, _ = phone.of("clear")[0]

@@ -244,3 +244,16 @@ def test_long_code_block_is_skipped_while_streaming() -> None:
     # Text after the block is chunked as it streams, not held until flush.
     assert out == ["Here is the script:", "It counts to a hundred and then stops."]
     assert chunker.flush() == ["Next part"]
+
+
+
+def test_hurry_releases_complete_words_when_the_listener_is_about_to_run_dry() -> None:
+    c = SpeechChunker(first_min_words=1, min_words=6)
+    assert c.push("Sure. ") == [] and c.push("The") == ["Sure."]  # later chunks: whole sentences
+    assert c.push(" knight rode to the") == []
+    assert c.hurry() == ["The knight rode to"], "only complete words: 'the' may still become 'there'"
+    assert c.push(" castle, and the dragon wa") == []
+    assert c.hurry() == ["the castle,"], "at a clause boundary when there is one"
+    assert c.hurry() == ["and the dragon"]
+    assert c.hurry() == [], "'wa' is not a word yet"
+    assert c.push("ited.") == [] and c.flush() == ["waited."]

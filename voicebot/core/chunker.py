@@ -105,6 +105,25 @@ class SpeechChunker:
             self._drop_closed_fences()
         return self._drain(final=False)
 
+    def hurry(self, min_words: int = 2) -> list[str]:
+        """The listener is about to run out of audio: release the complete words held so far now
+        (at the last clause boundary if there is one, else after the last complete word) rather
+        than wait for the end of the sentence. Nothing if fewer than ``min_words`` are complete."""
+        buf = self._buf
+        fence = _open_fence(buf, self._line_start)
+        limit = len(buf) if fence is None else fence
+        window = min(limit, self.max_chars + _LOOKAHEAD)
+        blocked = _link_spans(buf[:window])
+        clauses = [c for c in self._boundaries(buf, window, False, blocked, clauses=True) if c <= self.max_chars]
+        # A word is complete once the next one has started (tokens arrive in pieces).
+        spaces = [m.start() for m in _ANY_SPACE.finditer(buf, 1, window)
+                  if not _inside(m.start(), blocked) and buf[m.start():limit].strip() and m.start() <= self.max_chars]
+        for cut in (clauses[-1:] or []) + spaces[::-1]:
+            if _count_words(_clean(buf[:cut], self._line_start)) >= min_words:
+                chunk = self._take(cut)
+                return [chunk] if chunk else []
+        return []
+
     def flush(self) -> list[str]:
         """End of the reply: return everything still held back."""
         chunks = self._drain(final=True)

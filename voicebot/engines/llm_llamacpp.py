@@ -14,6 +14,7 @@ request handler directly, which skips the HTTP layer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -83,6 +84,7 @@ class LlamaCppModel:
         except Exception as exc:
             raise ModelError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._closed = threading.Event()
+        self.generating = 0  # replies being generated right now (any session)
 
     @property
     def listening_address(self) -> str:
@@ -93,7 +95,17 @@ class LlamaCppModel:
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:
         request = self._request(messages, max_tokens, temperature)
-        return thread_stream(lambda emit, stop: self._generate(request, emit, stop))
+        return self._counted(thread_stream(lambda emit, stop: self._generate(request, emit, stop)))
+
+    async def _counted(self, stream: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+        """Counts the replies being generated, so prefills can stay out of their way."""
+        self.generating += 1
+        try:
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    yield piece
+        finally:
+            self.generating -= 1
 
     def _request(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float) -> dict[str, Any]:
         return {
@@ -138,6 +150,10 @@ class LlamaCppModel:
         slot whose cache matches a request best, so the reply that follows reuses it. Cancelling
         stops after that one token; a prompt evaluation itself cannot be interrupted.
         """
+        if self.generating:
+            # Best effort: with replies being generated the cores are theirs (a prefill's prompt
+            # evaluation cannot be interrupted, and it would delay someone's next words).
+            return
         stop = threading.Event()
         try:
             await asyncio.to_thread(self._generate, self._request(messages, 0, 0.0), lambda _piece: None, stop)
