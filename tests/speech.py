@@ -76,3 +76,13 @@ def wer(reference: str, hypothesis: str) -> float:
     if not ref:
         return 0.0 if not hyp else 1.0
     return float(jiwer.wer(ref, hyp or "<empty>"))
+
+
+def missed(reference: str, hypothesis: str) -> float:
+    """The share of ``reference`` words not found in ``hypothesis`` (WER without insertions):
+    for audio cut mid-word, where Whisper tends to invent a tail that is not a miss."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0
+    out = jiwer.process_words(ref, hyp or "<empty>")
+    return (out.substitutions + out.deletions) / len(ref.split())

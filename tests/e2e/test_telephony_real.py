@@ -21,7 +21,7 @@ from faster_whisper import WhisperModel
 
 from scripts.phone_sim import RATE, call, to_ulaw
 from tests.conftest import free_port, scaled
-from tests.speech import utterance, wer
+from tests.speech import missed, utterance, wer
 from voicebot.config import from_env
 from voicebot.core.audio import resample, ulaw2lin
 from voicebot.core.conversation import Conversation
@@ -102,6 +102,14 @@ def whisper() -> WhisperModel:
     return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
 
 
+def _heard_into_second_clause(conversation: Conversation, heard_ms: float) -> bool:
+    """The caller has heard 300 ms of the reply's second synthesized clause."""
+    reply = conversation.items[-1] if conversation.items else None
+    if reply is None or reply.role != "assistant" or len(reply.segments) < 2:
+        return False
+    return heard_ms >= reply.segments[1].start_ms + 300
+
+
 def heard_text(whisper: WhisperModel, ulaw: bytes) -> str:
     audio = resample(ulaw2lin(ulaw), RATE, 16_000).astype(np.float32) / 32768
     segments, _ = whisper.transcribe(audio, language="en", beam_size=1)
@@ -142,9 +150,10 @@ async def test_phone_barge_in_clears_and_cuts_the_history_to_what_was_heard(serv
     async with call(server.media_url, {"conversation": conversation.id}) as phone:
         await asyncio.sleep(0.3)
         await phone.say(question)
-        # Interrupt 2.5 s into the answer: past the short first chunk (two or three words), inside a
-        # later clause of the long answer, so some of what was already sent has not been heard.
-        await phone.wait(lambda: len(phone.heard) >= RATE * 2.5, timeout=scaled(90))
+        # Interrupt inside the second clause (the first chunk is only two or three words), so some of
+        # what was already sent has not been heard when the cut comes.
+        await phone.wait(lambda: _heard_into_second_clause(conversation, len(phone.heard) * 1000 / RATE),
+                         timeout=scaled(90))
         interrupted_at = await phone.say(interruption)
         await phone.wait(lambda: phone.of("clear"), timeout=scaled(30))
         clear_at, _ = phone.of("clear")[0]
@@ -163,4 +172,4 @@ async def test_phone_barge_in_clears_and_cuts_the_history_to_what_was_heard(serv
     assert spoken.startswith(item.text)
     # What the caller heard of that reply says the words the history kept.
     heard_samples = bytes(phone.heard[: audio_end_ms * 8])
-    assert wer(item.text, heard_text(whisper, heard_samples)) <= 0.5
+    assert missed(item.text, heard_text(whisper, heard_samples)) <= 0.5
