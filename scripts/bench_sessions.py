@@ -82,10 +82,12 @@ async def main() -> None:
     underruns: list[int] = []
     try:
         await asyncio.sleep(2)
-        cpu0, t0 = cpu_seconds(server.process.pid), time.monotonic()
+        cpu0, t0, own0 = cpu_seconds(server.process.pid), time.monotonic(), time.process_time()
         await asyncio.gather(*(conversation(server.http, k, args.turns, results, underruns)
                                for k in range(args.sessions)))
-        cpu_pct = (cpu_seconds(server.process.pid) - cpu0) / (time.monotonic() - t0) * 100
+        elapsed = time.monotonic() - t0
+        cpu_pct = (cpu_seconds(server.process.pid) - cpu0) / elapsed * 100
+        callers_pct = (time.process_time() - own0) / elapsed * 100  # the simulated people share the cores
     finally:
         stop_server(server)
         if standin is not None:
@@ -93,7 +95,11 @@ async def main() -> None:
             standin.wait()
     llm = f"remote stand-in ({args.ttft_ms:.0f} ms TTFT)" if args.remote else "embedded"
     v2v = results["voice_to_voice"]
-    print(f"\n{args.sessions} sessions x {args.turns} turns, LLM {llm}; server CPU {cpu_pct:.0f} % of one core\n")
+    print(f"\n{args.sessions} sessions x {args.turns} turns, LLM {llm}; server CPU {cpu_pct:.0f} % of one core, "
+          f"the callers (this process) {callers_pct:.0f} %\n")
+    for line in server.log().splitlines():
+        if " queue: " in line:  # the server's ASR/TTS admission queues (voicebot/engines/cpu_queue.py)
+            print(line.split("] ")[-1] if "] " in line else line)
     print("| metric (ms) | p50 | p95 | max | n |\n|---|---|---|---|---|")
     print(row("voice to voice", v2v))
     stages = results["stages"]

@@ -102,6 +102,10 @@ class Settings:
         metadata=_meta("Where assembled model files are kept (default: ~/.cache/voicebot/models)."),
     )
     tts_threads: int = field(default=1, metadata=_meta("CPU threads per speech synthesis (one clause)."))
+    tts_workers: int = field(
+        default=2, metadata=_meta("Speech syntheses at once over all sessions; the rest wait, the listener "
+                                  "whose audio runs out soonest first.")
+    )
     tts_speed: float = field(default=1.0, metadata=_meta("Speech rate multiplier for the synthesized voice."))
 
     # Text over SSE (docs/protocol.md "Text over SSE")

@@ -35,6 +35,8 @@ FIRST_CHUNK_MAX_WORDS = 2
 #: When the listener has less than this queued and nothing else is synthesized, the words the LLM
 #: has written so far are spoken at once rather than at the end of the sentence (SpeechChunker.hurry).
 HURRY_BELOW_MS = 350
+#: A silent (speculative) reply's audio is needed when the user's pause ends their turn.
+SPECULATIVE_SLACK_S = 0.4
 _CLAUSE_QUEUE = 4  # clauses waiting for TTS
 _AUDIO_QUEUE = 2  # synthesized clauses waiting to be sent
 
@@ -114,6 +116,7 @@ class ReplyPipeline:
     #: Where this reply's audio begins on the playout clock's timeline (set by the first chunk).
     audio_start_ms: float | None = None
     _clauses_unsent: int = 0  # chunks handed to the TTS whose audio has not all been sent yet
+    _synthesized_ms: float = 0.0  # synthesized audio not yet sent to the listener
 
     def _ids(self) -> dict[str, Any]:
         return {"response_id": self.response_id, "item_id": self.item.id, "output_index": 0,
@@ -167,6 +170,18 @@ class ReplyPipeline:
             await self._put_clause(clauses, clause)
         await clauses.put(None)
 
+    def _needed_at(self) -> float:
+        """When the next clause's audio must exist: once the listener has played what is queued
+        at it and what is synthesized but not yet sent (a silent, speculative reply: at the end of
+        the user's turn, roughly)."""
+        now = time.monotonic()
+        out = self.audio_out
+        if not self.released.is_set():
+            return now + SPECULATIVE_SLACK_S
+        if out is None or self.audio_start_ms is None:
+            return now  # the first words: the listener is waiting
+        return now + (out.clock.queued_ms(now) + self._synthesized_ms) / 1000
+
     def _starving(self) -> bool:
         """The listener is about to hear silence mid-reply: everything synthesized has been sent
         and less than HURRY_BELOW_MS of it is still queued at the listener."""
@@ -184,10 +199,11 @@ class ReplyPipeline:
                           audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
         tts = self.engines.tts
         while (clause := await clauses.get()) is not None:
-            samples = await asyncio.to_thread(tts.synthesize, clause)
+            samples = await self.engines.cpu.tts.run(self._needed_at(), tts.synthesize, clause)
             if self.timings.tts_first_audio is None:
                 self.timings.tts_first_audio = time.monotonic()
             if samples.size:
+                self._synthesized_ms += samples.size * 1000 / tts.sample_rate
                 await audio.put((clause, samples))
             else:
                 self._clauses_unsent -= 1  # nothing to say (punctuation only)
@@ -203,6 +219,7 @@ class ReplyPipeline:
             clause, samples = entry
             converted = out.converter.convert(samples)
             clause_ms = samples.size * 1000 / rate
+            self._synthesized_ms -= clause_ms  # (while it is sent, the rest of it counts as unheard: urgent)
             # The transcript advances with the audio, so it never runs ahead of what is heard.
             self.item.append_segment(clause, clause_ms)
             self.item.text = f"{self.item.text} {clause}".strip()

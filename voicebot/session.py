@@ -29,7 +29,14 @@ from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.conversation import ContentType, Conversation, Item
 from voicebot.core.echo import SpeakerTimeline
-from voicebot.core.endpoint import JudgeTurn, PauseStarted, SpeechResumed, SpeechStarted, SpeechStopped
+from voicebot.core.endpoint import (
+    EndpointConfig,
+    JudgeTurn,
+    PauseStarted,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+)
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
@@ -46,6 +53,8 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 #: How long close() waits for its tasks after cancelling them (engine threads check a stop flag).
 CLOSE_TIMEOUT_S = 5.0
+#: A partial transcript for the prompt cache is a nicety: every other transcription goes first.
+PREFILL_SLACK_S = 2.0
 
 
 class Session:
@@ -222,7 +231,7 @@ class Session:
         self._prefill = self.spawn(self._prefill_partial(hearing.speech_audio()), "prefill")
 
     async def _prefill_partial(self, audio: Int16Array) -> None:
-        text = (await self._transcribe(audio)).strip()
+        text = (await self._transcribe(audio, slack_s=PREFILL_SLACK_S)).strip()
         if text and self.hearing.speech_start_ms is not None:  # the turn is still going on
             history = self.conversation.chat_messages(self.config.instructions)
             await self._prefill_messages([*history, ChatMessage("user", text)])
@@ -263,7 +272,10 @@ class Session:
 
     def _speculate(self) -> None:
         self._drop_speculation()
-        task = self.spawn(self._transcribe(self.hearing.speech_audio()), "speculative-asr")
+        endpoint = self.hearing.endpoint or EndpointConfig()
+        # Needed when the pause would end the turn: its silence minus what has passed of it.
+        slack_s = max(0, endpoint.silence_duration_ms - endpoint.speculate_after_ms) / 1000
+        task = self.spawn(self._transcribe(self.hearing.speech_audio(), slack_s=slack_s), "speculative-asr")
         self.speculation = Speculation(task)
         if self.settings.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
@@ -284,6 +296,7 @@ class Session:
     def _drop_speculation(self) -> None:
         if self.speculation is not None:
             self.speculation.live = False
+            self.speculation.task.cancel()  # still queued: it never runs; running: its result is ignored
             self.speculation = None
         self.responses.drop_speculative()
 
@@ -318,9 +331,12 @@ class Session:
 
     # --- transcription -------------------------------------------------------------------------
 
-    async def _transcribe(self, audio: Int16Array) -> str:
+    async def _transcribe(self, audio: Int16Array, *, slack_s: float = 0.0) -> str:
+        """The text of ``audio``; ``slack_s`` = how long until someone waits for it (the server's
+        ASR queue serves the most urgent first)."""
         language = (self.config.transcription or {}).get("language") or self.settings.asr_language or None
-        return await asyncio.to_thread(self.engines.asr.transcribe, int16_to_float32(audio), language)
+        return await self.engines.cpu.asr.run(time.monotonic() + slack_s, self.engines.asr.transcribe,
+                                              int16_to_float32(audio), language)
 
     def _transcribe_item(self, item: Item, task: asyncio.Task[str]) -> None:
         self.transcriptions[item.id] = task

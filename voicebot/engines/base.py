@@ -14,10 +14,11 @@ consuming task is cancelled.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
+from voicebot.engines.cpu_queue import CpuQueues
 
 
 class VoiceActivityDetector(Protocol):
@@ -113,3 +114,5 @@ class Engines:
     tts: SpeechSynthesizer
     turn: TurnDetector | None = None  # semantic end of turn; without it, silence alone decides
     echo: EchoCancellerFactory | None = None  # echo cancellation of the microphone; None = off
+    #: Admission of every session's ASR and TTS calls, most urgent first (shared by the server).
+    cpu: CpuQueues = field(default_factory=CpuQueues.for_cores)

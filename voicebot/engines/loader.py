@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from voicebot.config import Settings
 from voicebot.engines.base import Engines, LanguageModel
+from voicebot.engines.cpu_queue import CpuQueues
 from voicebot.models import (
     Progress,
     default_cache_dir,
@@ -84,11 +85,18 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
     turn = _timed("turn model (smart-turn v3.2)", lambda: SmartTurn(smart_turn_path(cache)))
     echo = WebRtcEchoCanceller if settings.echo_cancellation else None
     llm = load_llm(settings, progress)
-    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn, echo=echo)
+    cpu = CpuQueues.for_cores(asr_slots=settings.asr_workers, tts_slots=settings.tts_workers)
+    return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn, echo=echo, cpu=cpu)
 
 
 async def close_engines(engines: Engines) -> None:
     """Release what needs releasing (HTTP clients, the llama.cpp server); safe to call twice."""
+    for queue in (engines.cpu.asr, engines.cpu.tts):
+        st = queue.stats
+        if st.calls:
+            log.info("%s queue: %d calls, %d dropped before running, mean wait %.0f ms (longest %.0f), "
+                     "mean run %.0f ms", queue.name, st.calls, st.dropped, st.waited_ms / st.calls,
+                     st.longest_wait_ms, st.ran_ms / st.calls)
     for engine in (engines.llm, engines.asr, engines.tts):
         aclose = getattr(engine, "aclose", None)
         if aclose is not None:
