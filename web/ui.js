@@ -111,19 +111,29 @@ export class Transcript {
       box.append(v2v);
     }
     if (metrics) {
+      // Every stage, in the order they happen, in ms since the reply started (response.done metrics).
       const parts = [
-        ['LLM first token', metrics.llm_first_token_ms],
-        ['first clause', metrics.first_clause_ms],
+        ['transcript', metrics.history_ready_ms],
+        ['LLM asked', metrics.llm_started_ms],
+        ['first token', metrics.llm_first_token_ms],
+        ['first words', metrics.first_clause_ms],
         ['first audio', metrics.tts_first_audio_ms],
+        ['turn ended', metrics.speculative ? metrics.released_ms : null],
         ['sent', metrics.first_audio_sent_ms],
       ].filter(([, v]) => v !== null && v !== undefined);
       if (parts.length) {
         const detail = el('span', 'breakdown');
+        if (metrics.speculative) {
+          const ahead = el('span', 'part ahead', 'prepared during your pause');
+          ahead.title = 'The reply started while you were still silent and was released when your turn ended.';
+          detail.append(ahead, document.createTextNode(' · '));
+        }
         parts.forEach(([k, v], i) => {
           if (i) detail.append(document.createTextNode(' · '));
           detail.append(el('span', 'part', `${k} ${formatMs(v)}`));
         });
-        detail.title = 'Server-side, in ms since the response started (response.done metrics).';
+        detail.title = 'Server-side stages, in ms since the reply started (response.done metrics). '
+          + 'A reply prepared during your pause starts before your turn ends.';
         box.append(detail);
       }
     }
