@@ -190,7 +190,8 @@ async def barge_in(s: Session, question: np.ndarray, interruption: np.ndarray, r
     await asyncio.sleep(before)
     if (done := finished(s, rid)) is not None:
         text = (done["response"]["output"] or [{}])[0].get("content", [{}])[0].get("transcript")
-        print(f"  barge-in skipped: the reply finished too early ({text!r})", file=sys.stderr)
+        print(f"  barge-in skipped: the reply finished too early ({done['response']['status']}, {text!r}, "
+              f"{done['response'].get('status_details')})", file=sys.stderr)
         return
     n_started = s.count("input_audio_buffer.speech_started")
     onset20, _ = speech_bounds_ms(interruption, floor_db=20)
