@@ -68,8 +68,14 @@ class Hearing:
             self._input = InputAudio(fmt)
         samples = self._input.feed(data)
         if self._echo is not None:
-            samples = self._cancel_echo(samples, now)
-        self.buffer.append(samples)
+            # Turn detection hears the microphone minus the echo; the transcript gets the microphone
+            # itself: AEC3 ducks a voice that starts while the assistant talks (double talk) for its
+            # first syllables, which Whisper then never hears, while the person's voice is far
+            # above whatever echo is left in the raw signal (the level gate makes sure of that).
+            raw, samples = self._cancel_echo(samples, now)
+            self.buffer.append(raw)
+        else:
+            self.buffer.append(samples)
         if self.endpoint is None:
             if self.buffer.duration_ms > MAX_MANUAL_BUFFER_MS:
                 self.buffer.drop_before(self.buffer.end_ms - MAX_MANUAL_BUFFER_MS)
@@ -104,21 +110,22 @@ class Hearing:
         reference = speaker.window(self._raw_end, n + ECHO_MAX_LAG_SAMPLES)
         return echo_likeness(self._raw[self._raw.size - n :], reference) > ECHO_LIKENESS
 
-    def _cancel_echo(self, samples: Int16Array, now: float) -> Int16Array:
-        """Whole canceller frames of the microphone, minus what the speaker was playing meanwhile."""
+    def _cancel_echo(self, samples: Int16Array, now: float) -> tuple[Int16Array, Int16Array]:
+        """Whole canceller frames of the microphone: as they came, and minus what the speaker was
+        playing meanwhile."""
         assert self._echo is not None
         canceller, speaker = self._echo
         near = np.concatenate((self._near, samples)) if self._near.size else samples
         usable = near.size - near.size % canceller.frame_samples
         self._near = near[usable:].copy()
         if not usable:
-            return near[:0]
+            return near[:0], near[:0]
         # The held-back remainder is the newest audio: the usable part ended that much earlier.
         end = now - self._near.size / ENGINE_RATE
         far = speaker.window(end, usable)
         self._raw = np.concatenate((self._raw, near[:usable]))[-ENGINE_RATE:]
         self._raw_end = end
-        return canceller.process(near[:usable], far)
+        return near[:usable], canceller.process(near[:usable], far)
 
     def _trim_idle_buffer(self) -> None:
         if self.speech_start_ms is not None or self.endpoint is None:

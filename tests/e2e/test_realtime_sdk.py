@@ -17,13 +17,12 @@ import pytest
 from faster_whisper import WhisperModel
 
 from tests.conftest import API_KEY, ServerProcess, scaled
+from tests.prompts import LONG_ANSWERS
 from tests.realtime_client import Microphone, Recorder, audio_of, client, receive_into, silence24k, to16k, to_pcm24k
 from tests.speech import utterance, wer
 
 pytestmark = pytest.mark.e2e
 
-LONG_ANSWERS = ("You are a helpful voice assistant. Always answer in at least four full sentences, "
-                "with no lists and no markdown.")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ async def test_barge_in_cancels_and_truncates(real_server: ServerProcess) -> Non
         started = await rec.wait_for("input_audio_buffer.speech_started", 2, timeout=scaled(10))
         done = await rec.wait_for("response.done", timeout=scaled(10))
         assert done["response"]["id"] == response_id
-        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status"] == "cancelled", done["response"]["output"]
         # No audio of the cancelled response after the interruption was detected.
         cut = next(i for i, (_, e) in enumerate(rec.events) if e is started)
         late = [e for _, e in rec.events[cut:] if e["type"] == "response.output_audio.delta"

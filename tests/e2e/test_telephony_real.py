@@ -21,6 +21,7 @@ from faster_whisper import WhisperModel
 
 from scripts.phone_sim import RATE, call, to_ulaw
 from tests.conftest import free_port, scaled
+from tests.prompts import LONG_ANSWERS
 from tests.speech import missed, utterance, wer
 from voicebot.config import from_env
 from voicebot.core.audio import resample, ulaw2lin
@@ -32,8 +33,6 @@ from voicebot.transports.telephony import CallStats
 
 pytestmark = pytest.mark.e2e
 
-LONG_ANSWERS = ("You are a helpful voice assistant on a phone line. Always answer in at least four full "
-                "sentences, with no lists and no markdown.")
 
 
 class RealServer:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import API_KEY, ServerProcess, scaled
 from tests.e2e.webpage import Browser, chromium, speech_wav
+from tests.prompts import LONG_ANSWERS
 from tests.speech import utterance, wer
 
 pytestmark = pytest.mark.e2e
@@ -28,8 +29,6 @@ pytestmark = pytest.mark.e2e
 # Whisper tiny.en gets the first one exactly from the raw file; the second scores WER 0.25 even
 # raw ("old-sposed" for "ill disposed"), so it gets the looser bound it needs anyway when clipped.
 FIRST, SECOND = utterance("0930"), utterance("0880")
-LONG_ANSWERS = ("You are a helpful voice assistant. Always answer in at least four full sentences, "
-                "with no lists and no markdown.")
 INTO_ANSWER_MS = 800  # the second utterance starts once this much of the answer has played
 
 

@@ -19,13 +19,12 @@ import soxr
 from faster_whisper import WhisperModel
 
 from tests.conftest import API_KEY, ServerProcess, scaled
+from tests.prompts import LONG_ANSWERS
 from tests.rtc_client import RATE, RtcClient, frame_rms, silence48k, to48k
 from tests.speech import utterance, wer
 
 pytestmark = pytest.mark.e2e
 
-LONG_ANSWERS = ("You are a helpful voice assistant. Always answer in at least four full sentences, "
-                "with no lists and no markdown.")
 LOUD = 300.0  # rms of a 20 ms frame of Piper speech is in the thousands; Opus silence is ~0
 
 

@@ -275,3 +275,21 @@ def test_while_the_assistant_talks_one_voiced_hop_starts_speech() -> None:
     assert [(hop, e) for hop, e in events] == [(5, SpeechStarted(audio_start_ms=5 * HOP))]
     ep2 = Endpointer()
     assert feed(ep2, [QUIET] * 5 + [VOICE]) == [], "otherwise two, as a click must not start a turn"
+
+
+def test_a_barge_in_that_rises_above_the_gate_begins_where_its_voice_began() -> None:
+    ep = Endpointer()
+    feed_levels = lambda seq, level: [e for s in seq for e in ep.process(s, level)]  # noqa: E731
+    feed_levels([VOICE] * 40, -20.0)  # the person's own turn teaches their level
+    feed_levels([QUIET] * 30, -60.0)
+    ep.guarded = True
+    start = ep.position_ms
+    assert feed_levels([VOICE] * 8, -34.0) == [], "ducked first syllables: held back by the gate"
+    events = feed_levels([VOICE] * 2, -22.0)
+    assert events == [SpeechStarted(audio_start_ms=start)], "the turn's audio starts at its first voiced hop"
+    # Quiet voiced hops long before (chatter, then silence) are not pulled into a later onset.
+    feed_levels([QUIET] * 30, -60.0)
+    feed_levels([VOICE] * 3, -40.0)
+    feed_levels([QUIET] * 10, -60.0)
+    later = ep.position_ms
+    assert feed_levels([VOICE], -22.0) == [SpeechStarted(audio_start_ms=later)]

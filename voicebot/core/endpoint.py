@@ -38,6 +38,11 @@ from voicebot.errors import VoicebotError
 LEVEL_HOPS = 256
 #: ... once there are this many (~1 s): before that, nothing is gated.
 MIN_LEVEL_HOPS = 30
+#: A barge-in that rose above the level gate only after its first syllables (a soft start, or a
+#: client-side echo canceller ducking the microphone while the assistant plays) still begins
+#: where its voiced hops began, up to this many hops (~1 s) earlier: the gate decides *whether*
+#: someone interrupts, not where their words start, and the transcript needs the first words.
+GATED_BACKDATE_HOPS = 31
 
 
 class EndpointConfigError(VoicebotError, ValueError):
@@ -156,6 +161,8 @@ class Endpointer:
         self._pauses = 0  # pauses judged so far: a late verdict must not land on a later pause
         self._judging: int | None = None  # the pause JudgeTurn was sent for
         self._verdict: float | None = None  # its answer: P(the turn is complete)
+        self._gated_start: int | None = None  # first voiced hop the level gate held back, lately
+        self._gated_last = 0
 
     @property
     def position_ms(self) -> int:
@@ -175,6 +182,7 @@ class Endpointer:
         self._window.clear()
         self._run_start = None
         self._in_speech = False
+        self._gated_start = None
         self._end_pause()
 
     def judged(self, pause: int, probability: float) -> None:
@@ -204,6 +212,9 @@ class Endpointer:
         if not self._in_speech:
             if voiced and self._too_quiet_to_interrupt(level_db):
                 voiced = False
+                if self._gated_start is None or hop - self._gated_last > cfg.onset_window:
+                    self._gated_start = hop
+                self._gated_last = hop
             return self._listen(hop, voiced)
         if voiced and level_db is not None and not self.guarded:
             self._learn_level(level_db)
@@ -246,6 +257,10 @@ class Endpointer:
         if self._ms(hop + 1) - self._ms(self._run_start) < cfg.min_speech_ms:
             return []
         start, last = self._run_start, self._window[-1]
+        gated = self._gated_start
+        if gated is not None and start - self._gated_last <= cfg.onset_window and start - gated <= GATED_BACKDATE_HOPS:
+            start = gated
+        self._gated_start = None
         self._window.clear()
         self._run_start = None
         self._in_speech = True
