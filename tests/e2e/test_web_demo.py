@@ -91,8 +91,9 @@ def test_user_transcript_matches_the_spoken_words(conversation: dict[str, Any]) 
     users = conversation["users"]
     assert len(users) >= 2, users
     assert wer(FIRST.text, users[0]) <= 0.25, users[0]
-    # The second utterance starts while the assistant speaks; its first word may be clipped.
-    assert wer(SECOND.text, users[1]) <= 0.4, users[1]
+    # The second utterance starts while the assistant speaks; its first word may be clipped, and
+    # a pause in it right after the barge-in may end a turn early (its words are all there).
+    assert wer(SECOND.text, " ".join(users[1:])) <= 0.4, users
 
 
 def test_assistant_audio_was_played(conversation: dict[str, Any]) -> None:

@@ -120,15 +120,43 @@ SAY_SHIM = """(() => {
     const ctx = new AudioContext();
     await ctx.resume();
     const dest = ctx.createMediaStreamDestination();
-    ctx.createMediaStreamSource(stream).connect(dest);
+    const mic = ctx.createMediaStreamSource(stream);
+    mic.connect(dest);
+    // The loudest 20 ms of the (echo-cancelled, gain-controlled) microphone so far: the injected
+    // speech is played at that loudness, as the same person at the same microphone would be heard
+    // (it joins after Chromium's gain control, which would otherwise have levelled it).
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 1024;
+    mic.connect(analyser);
+    const frame = new Float32Array(analyser.fftSize);
+    window.__micPeak = 0;
+    setInterval(() => {
+      analyser.getFloatTimeDomainData(frame);
+      const rms = Math.sqrt(frame.reduce((a, v) => a + v * v, 0) / frame.length);
+      window.__micPeak = Math.max(window.__micPeak, rms);
+    }, 20);
+    const peakRms = (x) => {
+      let best = 0;
+      for (let i = 0; i + 320 <= x.length; i += 320) {
+        let e = 0;
+        for (let j = i; j < i + 320; j++) e += x[j] * x[j];
+        best = Math.max(best, Math.sqrt(e / 320));
+      }
+      return best;
+    };
     window.__say = (b64) => new Promise((resolve) => {
       const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
       const pcm = new Int16Array(bytes.buffer);
+      const samples = Float32Array.from(pcm, (v) => v / 32768);
       const buffer = ctx.createBuffer(1, pcm.length, 16000);
-      buffer.getChannelData(0).set(Float32Array.from(pcm, (v) => v / 32768));
+      buffer.getChannelData(0).set(samples);
       const source = ctx.createBufferSource();
       source.buffer = buffer;
-      source.connect(dest);
+      const gain = ctx.createGain();
+      const own = peakRms(samples);
+      gain.gain.value = window.__micPeak > 0 && own > 0 ? Math.min(8, Math.max(0.25, window.__micPeak / own)) : 1;
+      window.__sayGain = gain.gain.value;
+      source.connect(gain).connect(dest);
       source.onended = () => resolve(true);
       source.start();
     });

@@ -290,6 +290,6 @@ def test_a_barge_in_that_rises_above_the_gate_begins_where_its_voice_began() -> 
     # Quiet voiced hops long before (chatter, then silence) are not pulled into a later onset.
     feed_levels([QUIET] * 30, -60.0)
     feed_levels([VOICE] * 3, -40.0)
-    feed_levels([QUIET] * 10, -60.0)
+    feed_levels([QUIET] * 20, -60.0)
     later = ep.position_ms
     assert feed_levels([VOICE], -22.0) == [SpeechStarted(audio_start_ms=later)]

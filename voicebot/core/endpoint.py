@@ -43,6 +43,8 @@ MIN_LEVEL_HOPS = 30
 #: where its voiced hops began, up to this many hops (~1 s) earlier: the gate decides *whether*
 #: someone interrupts, not where their words start, and the transcript needs the first words.
 GATED_BACKDATE_HOPS = 31
+#: Gated hops this close together (~320 ms: the gaps between words) count as one stretch of voice.
+GATED_GAP_HOPS = 10
 
 
 class EndpointConfigError(VoicebotError, ValueError):
@@ -212,7 +214,7 @@ class Endpointer:
         if not self._in_speech:
             if voiced and self._too_quiet_to_interrupt(level_db):
                 voiced = False
-                if self._gated_start is None or hop - self._gated_last > cfg.onset_window:
+                if self._gated_start is None or hop - self._gated_last > GATED_GAP_HOPS:
                     self._gated_start = hop
                 self._gated_last = hop
             return self._listen(hop, voiced)
@@ -258,7 +260,7 @@ class Endpointer:
             return []
         start, last = self._run_start, self._window[-1]
         gated = self._gated_start
-        if gated is not None and start - self._gated_last <= cfg.onset_window and start - gated <= GATED_BACKDATE_HOPS:
+        if gated is not None and start - self._gated_last <= GATED_GAP_HOPS and start - gated <= GATED_BACKDATE_HOPS:
             start = gated
         self._gated_start = None
         self._window.clear()
