@@ -45,8 +45,7 @@ class Hearing:
         self._vad = vad
         self._echo = echo  # the canceller, and what the listener's speaker played (its reference)
         self._near: Int16Array = np.zeros(0, np.int16)  # less than one echo-canceller frame
-        self._raw: Int16Array = np.zeros(0, np.int16)  # the last second of microphone, before cancelling
-        self._raw_end = 0.0  # when the newest of it played, on the speaker's clock
+        self._raw_end = 0.0  # when the newest microphone audio in the buffer was captured, on the speaker's clock
         self.endpoint = endpoint  # None = no turn detection (the client commits)
         self._endpointer = Endpointer(endpoint or EndpointConfig())
         self._input: InputAudio | None = None
@@ -106,9 +105,10 @@ class Hearing:
         if self._echo is None or not self._endpointer.guarded:
             return False
         _, speaker = self._echo
-        n = min(self._raw.size, ECHO_CHECK_SAMPLES)
-        reference = speaker.window(self._raw_end, n + ECHO_MAX_LAG_SAMPLES)
-        return echo_likeness(self._raw[self._raw.size - n :], reference) > ECHO_LIKENESS
+        # The buffer holds the microphone as it came (before cancelling), up to the newest audio fed.
+        recent = self.buffer.slice(self.buffer.end_ms - ECHO_CHECK_SAMPLES * 1000 / ENGINE_RATE)
+        reference = speaker.window(self._raw_end, recent.size + ECHO_MAX_LAG_SAMPLES)
+        return echo_likeness(recent, reference) > ECHO_LIKENESS
 
     def _cancel_echo(self, samples: Int16Array, now: float) -> tuple[Int16Array, Int16Array]:
         """Whole canceller frames of the microphone: as they came, and minus what the speaker was
@@ -123,7 +123,6 @@ class Hearing:
         # The held-back remainder is the newest audio: the usable part ended that much earlier.
         end = now - self._near.size / ENGINE_RATE
         far = speaker.window(end, usable)
-        self._raw = np.concatenate((self._raw, near[:usable]))[-ENGINE_RATE:]
         self._raw_end = end
         return near[:usable], canceller.process(near[:usable], far)
 

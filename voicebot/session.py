@@ -40,7 +40,7 @@ from voicebot.core.endpoint import (
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
-from voicebot.engines.base import Engines
+from voicebot.engines.base import EchoCanceller, Engines
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.hearing import Hearing
 from voicebot.responses import ResponseContext, Responses, Speculation
@@ -80,8 +80,11 @@ class Session:
         self.playout = PlayoutClock(settings.output_lead_ms if output_lead_ms is None else output_lead_ms)
         self.turns = TurnTracker()
         #: What the listener's speaker plays (the reply pipeline writes it, the echo canceller reads it).
-        self.speaker = SpeakerTimeline() if engines.echo is not None else None
-        echo = (engines.echo(), self.speaker) if engines.echo is not None and self.speaker is not None else None
+        self.speaker: SpeakerTimeline | None = None
+        echo: tuple[EchoCanceller, SpeakerTimeline] | None = None
+        if engines.echo is not None:
+            self.speaker = SpeakerTimeline()
+            echo = (engines.echo(), self.speaker)
         self.hearing = Hearing(engines.vad(), self.config.vad, echo)
         self._speech_item_id = ev.new_id("item")
         self.speculation: Speculation | None = None
