@@ -215,10 +215,14 @@ class PhoneCall:
         return any(isinstance(x, bytes) for x in self._speaker)
 
     async def wait(self, predicate: Callable[[], Any], timeout: float) -> Any:
+        """Until ``predicate()`` is true: checked on every frame from the server and every 50 ms,
+        since it may read server-side state (an item's status) that changes between frames."""
         async with asyncio.timeout(timeout):
             while not (result := predicate()):
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._changed.wait()
         return result
 
     async def wait_quiet(self, quiet_s: float, timeout: float, since: float | None = None) -> None:
