@@ -14,7 +14,10 @@ const CHUNK_MS = 20;
 const SAMPLES_PER_MS = RATE / 1000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 const SETTINGS_KEY = 'voicebot.settings';
-const DEFAULTS = { instructions: '', threshold: 0.5, silenceMs: 500, transport: 'websocket', token: '' };
+const DEFAULTS = {
+  instructions: '', turn: 'auto', threshold: 0.5, silenceMs: 500, transport: 'websocket', token: '',
+};
+const EAGERNESS = ['auto', 'high', 'low'];
 
 const $ = (id) => document.getElementById(id);
 
@@ -65,6 +68,16 @@ function saveSettings(settings) {
   } catch { /* private mode: settings last for this page only */ }
 }
 
+// The server's default (semantic_vad) unless the person picked a fixed silence.
+function turnDetection(settings) {
+  const common = { create_response: true, interrupt_response: true };
+  if (EAGERNESS.includes(settings.turn)) return { type: 'semantic_vad', eagerness: settings.turn, ...common };
+  return {
+    type: 'server_vad', threshold: Number(settings.threshold), prefix_padding_ms: 300,
+    silence_duration_ms: Number(settings.silenceMs), ...common,
+  };
+}
+
 function sessionUpdate(settings) {
   const session = {
     type: 'realtime',
@@ -73,10 +86,7 @@ function sessionUpdate(settings) {
       input: {
         format: { type: 'audio/pcm', rate: RATE },
         transcription: { model: 'whisper-1' },
-        turn_detection: {
-          type: 'server_vad', threshold: Number(settings.threshold), prefix_padding_ms: 300,
-          silence_duration_ms: Number(settings.silenceMs), create_response: true, interrupt_response: true,
-        },
+        turn_detection: turnDetection(settings),
       },
       output: { format: { type: 'audio/pcm', rate: RATE } },
     },
@@ -499,10 +509,12 @@ function bindSettings(app) {
   const sync = () => {
     $('threshold-out').value = Number($('threshold').value).toFixed(2);
     $('silence-out').value = `${$('silence').value} ms`;
+    $('fixed-silence').hidden = $('turn').value !== 'server_vad';
   };
   const fill = () => {
     const s = app.settings;
     $('instructions').value = s.instructions;
+    $('turn').value = EAGERNESS.includes(s.turn) ? s.turn : 'server_vad';
     $('threshold').value = s.threshold;
     $('silence').value = s.silenceMs;
     select.value = transportNames().some((t) => t.name === s.transport) ? s.transport : 'websocket';
@@ -511,11 +523,13 @@ function bindSettings(app) {
   };
   $('threshold').addEventListener('input', sync);
   $('silence').addEventListener('input', sync);
+  $('turn').addEventListener('change', sync);
   $('open-settings').addEventListener('click', () => { fill(); dialog.showModal(); });
   form.addEventListener('submit', (e) => {
     if (e.submitter && e.submitter.value === 'apply') {
       app.applySettings({
         instructions: $('instructions').value,
+        turn: $('turn').value,
         threshold: Number($('threshold').value),
         silenceMs: Number($('silence').value),
         transport: select.value,

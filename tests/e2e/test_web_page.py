@@ -193,7 +193,9 @@ def test_page_talk_and_barge_in(demo: PortServer, speech: Path) -> None:
     sent_types = [e["type"] for e in browser.sent]
     assert sent_types[0] == "session.update"
     session = browser.sent[0]["session"]
-    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    # The page asks for the server's default turn detection.
+    assert session["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    assert session["audio"]["input"]["turn_detection"]["eagerness"] == "auto"
     assert session["audio"]["input"]["transcription"] is not None
 
 
@@ -225,6 +227,30 @@ def test_page_asks_for_a_token_then_uses_a_pasted_one(keyed: PortServer, quiet: 
         # The browser logs the refused demo-token request itself; nothing else may fail.
         errors = browser.console_errors(allow=lambda text: "403" in text)
     assert not errors, errors
+
+
+def test_fixed_silence_setting_sends_server_vad(demo: PortServer, quiet: Path) -> None:
+    """Picking "Fixed silence" shows its sliders and the server confirms exactly those settings."""
+    with chromium(quiet) as browser:
+        _load(browser, demo)
+        page = browser.page
+        page.click("#open-settings")
+        assert not page.is_visible("#silence")
+        page.select_option("#turn", "server_vad")
+        assert page.is_visible("#silence")
+        page.fill("#silence", "800")
+        page.click("#apply")
+        page.click("#talk")
+        browser.wait_for("window.voicebot.connection === 'live'", 15, "connection")
+        deadline = time.monotonic() + 10
+        while not any(e["type"] == "session.updated" for e in browser.received) and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert not browser.console_errors()
+    detection = browser.sent[0]["session"]["audio"]["input"]["turn_detection"]
+    assert detection["type"] == "server_vad" and detection["silence_duration_ms"] == 800
+    updated = [e for e in browser.received if e["type"] == "session.updated"][-1]
+    confirmed = updated["session"]["audio"]["input"]["turn_detection"]
+    assert confirmed["type"] == "server_vad" and confirmed["silence_duration_ms"] == 800
 
 
 def test_page_reconnects_after_a_server_restart(quiet: Path) -> None:
