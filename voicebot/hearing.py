@@ -16,8 +16,15 @@ import numpy as np
 
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
 from voicebot.core.buffer import PcmBuffer
-from voicebot.core.echo import SpeakerTimeline, echo_likeness
-from voicebot.core.endpoint import EndpointConfig, Endpointer, EndpointEvent, SpeechStarted
+from voicebot.core.echo import EchoPath, SpeakerTimeline, echo_likeness
+from voicebot.core.endpoint import (
+    GATED_BACKDATE_HOPS,
+    GATED_GAP_HOPS,
+    EndpointConfig,
+    Endpointer,
+    EndpointEvent,
+    SpeechStarted,
+)
 from voicebot.core.types import ENGINE_RATE, Float32Array, Int16Array
 from voicebot.engines.base import EchoCanceller, VoiceActivityDetector
 
@@ -33,6 +40,12 @@ IDLE_KEEP_MS = 1000
 ECHO_CHECK_SAMPLES = ENGINE_RATE // 4
 ECHO_MAX_LAG_SAMPLES = ENGINE_RATE * 35 // 100
 ECHO_LIKENESS = 0.5
+#: The speaker counts as playing (for learning whether the microphone hears it) above this level.
+SPEAKER_PLAYING_DBFS = -45.0
+#: A barge-in begins where the raw microphone first came within this much of the person's level
+#: (the issue's onset: within 20 dB of the utterance's peak), searched back as far as the
+#: endpointer backdates a gated onset.
+VOICE_FLOOR_DB = 20.0
 
 
 def level_dbfs(hop: Float32Array) -> float:
@@ -53,6 +66,8 @@ class Hearing:
         self.buffer = PcmBuffer()
         self.speech_start_ms: float | None = None  # onset of the speech in progress, if any
         self.echo_onsets_rejected = 0
+        self.echo_path = EchoPath()  # does the microphone hear the speaker at all?
+        self._echo_path_checked_ms = 0.0
 
     def configure(self, endpoint: EndpointConfig | None) -> None:
         """New turn detection (``session.update``); speech in progress is kept."""
@@ -67,12 +82,15 @@ class Hearing:
             self._input = InputAudio(fmt)
         samples = self._input.feed(data)
         if self._echo is not None:
-            # Turn detection hears the microphone minus the echo; the transcript gets the microphone
-            # itself: AEC3 ducks a voice that starts while the assistant talks (double talk) for its
-            # first syllables, which Whisper then never hears, while the person's voice is far
-            # above whatever echo is left in the raw signal (the level gate makes sure of that).
-            raw, samples = self._cancel_echo(samples, now)
+            # Turn detection hears the microphone minus the echo (when there is an echo to remove);
+            # the transcript gets the microphone itself: AEC3 ducks a voice that starts while the
+            # assistant talks (double talk) for its first syllables, which Whisper then never
+            # hears, while the person's voice is far above whatever echo is left in the raw signal
+            # (the level gate makes sure of that).
+            raw, cancelled = self._cancel_echo(samples, now)
             self.buffer.append(raw)
+            self._observe_echo_path()
+            samples = cancelled if self.echo_path.heard else raw
         else:
             self.buffer.append(samples)
         if self.endpoint is None:
@@ -87,13 +105,15 @@ class Hearing:
             hop = int16_to_float32(pending[start : start + hop_size])
             scores, level = self._vad.score(hop), level_dbfs(hop)
             for event in self._endpointer.process(scores, level):
-                if isinstance(event, SpeechStarted) and self._is_own_echo():
-                    self._endpointer.reset()  # its own voice came back: not a person, not a turn
-                    self.echo_onsets_rejected += 1
-                    continue
                 if isinstance(event, SpeechStarted) and self._endpointer.guarded:
-                    log.debug("barge-in onset: %s at %.1f dBFS (their level %s)", scores, level,
-                              self._endpointer.speaker_level_db)
+                    if self._is_own_echo():
+                        self._endpointer.reset()  # its own voice came back: not a person, not a turn
+                        self.echo_onsets_rejected += 1
+                        continue
+                    onset = self._voice_onset(event.audio_start_ms)
+                    log.debug("barge-in onset: %s at %.1f dBFS (their level %s), voice from %.0f ms (VAD %d ms)",
+                              scores, level, self._endpointer.speaker_level_db(), onset, event.audio_start_ms)
+                    event = SpeechStarted(audio_start_ms=round(onset))
                 events.append(event)
         self._hop = pending[usable:].copy()
         self._trim_idle_buffer()
@@ -102,13 +122,60 @@ class Hearing:
     def _is_own_echo(self) -> bool:
         """An onset while the assistant is audible that is a delayed copy of what it plays (the
         echo canceller is still converging, or the echo path just changed)."""
-        if self._echo is None or not self._endpointer.guarded:
-            return False
+        end = self.buffer.end_ms
+        return self._echo_likeness(end - ECHO_CHECK_SAMPLES * 1000 / ENGINE_RATE, end) > ECHO_LIKENESS
+
+    def _observe_echo_path(self) -> None:
+        """Every quarter second of the speaker playing while nobody speaks: is it in the microphone?"""
+        end = self.buffer.end_ms
+        window_ms = ECHO_CHECK_SAMPLES * 1000 / ENGINE_RATE
+        if end - self._echo_path_checked_ms < window_ms or self._echo is None:
+            return
+        self._echo_path_checked_ms = end
+        if self._endpointer.in_speech:
+            return
         _, speaker = self._echo
-        # The buffer holds the microphone as it came (before cancelling), up to the newest audio fed.
-        recent = self.buffer.slice(self.buffer.end_ms - ECHO_CHECK_SAMPLES * 1000 / ENGINE_RATE)
-        reference = speaker.window(self._raw_end, recent.size + ECHO_MAX_LAG_SAMPLES)
-        return echo_likeness(recent, reference) > ECHO_LIKENESS
+        mic = self.buffer.slice(end - window_ms, end)
+        reference = speaker.window(self._raw_end, mic.size + ECHO_MAX_LAG_SAMPLES)
+        speaker_db = level_dbfs(int16_to_float32(reference))
+        if speaker_db >= SPEAKER_PLAYING_DBFS:
+            heard = self.echo_path.heard
+            self.echo_path.observe(echo_likeness(mic, reference), level_dbfs(int16_to_float32(mic)), speaker_db)
+            if self.echo_path.heard != heard:
+                log.debug("the microphone %s the speaker: turn detection hears %s", "hears" if not heard else
+                          "does not hear", "the echo canceller's output" if not heard else "the microphone")
+
+    def _echo_likeness(self, from_ms: float, to_ms: float) -> float:
+        """How much the raw microphone from ``from_ms`` to ``to_ms`` is what the speaker played."""
+        if self._echo is None:
+            return 0.0
+        _, speaker = self._echo
+        # The buffer holds the microphone as it came (before cancelling); its end was captured at _raw_end.
+        mic = self.buffer.slice(from_ms, to_ms)
+        end_s = self._raw_end - (self.buffer.end_ms - to_ms) / 1000
+        return echo_likeness(mic, speaker.window(end_s, mic.size + ECHO_MAX_LAG_SAMPLES))
+
+    def _voice_onset(self, vad_onset_ms: float) -> float:
+        """Where an interruption's voice began in the raw microphone.
+
+        Turn detection hears the echo canceller's output, and AEC3 ducks the first syllables of a
+        voice that starts over the assistant (double talk), so the VAD's onset can come ~0.5 s after
+        the words did and the transcript would lose them ("he was not an ill disposed ..." heard
+        as "... disposed young man"). Walking back over hops at the person's level that are not a
+        copy of what the speaker played finds the start."""
+        level = self._endpointer.speaker_level_db()
+        if self._echo is None or not self.echo_path.heard or level is None:
+            return vad_onset_ms  # turn detection heard the microphone itself
+        floor = level - VOICE_FLOOR_DB
+        hop_ms = self._vad.hop_samples * 1000 / ENGINE_RATE
+        earliest = max(self.buffer.start_ms, vad_onset_ms - GATED_BACKDATE_HOPS * hop_ms)
+        onset, t, other = vad_onset_ms, vad_onset_ms - hop_ms, 0
+        while t >= earliest and other <= GATED_GAP_HOPS:
+            voice = (level_dbfs(int16_to_float32(self.buffer.slice(t, t + hop_ms))) >= floor
+                     and self._echo_likeness(t, t + hop_ms) < ECHO_LIKENESS)
+            onset, other = (t, 0) if voice else (onset, other + 1)
+            t -= hop_ms
+        return onset
 
     def _cancel_echo(self, samples: Int16Array, now: float) -> tuple[Int16Array, Int16Array]:
         """Whole canceller frames of the microphone: as they came, and minus what the speaker was

@@ -45,3 +45,20 @@ def test_echo_likeness_tells_a_delayed_copy_from_a_person() -> None:
     talking_over = (person.astype(np.int32) + echo).clip(-32768, 32767).astype(np.int16)
     assert echo_likeness(talking_over, reference) < 0.5
     assert echo_likeness(echo, np.zeros_like(reference)) == 0.0
+
+
+def test_echo_path_is_assumed_until_the_microphone_stays_clean() -> None:
+    from voicebot.core.echo import ECHO_FREE_WINDOWS, EchoPath
+
+    path = EchoPath()
+    assert path.heard, "at first the canceller's side: never interrupt itself"
+    for _ in range(ECHO_FREE_WINDOWS - 1):
+        path.observe(likeness=0.05, mic_db=-70, speaker_db=-25)
+    assert path.heard, "one short stretch proves nothing"
+    path.observe(likeness=0.05, mic_db=-70, speaker_db=-25)
+    assert not path.heard
+    path.observe(likeness=0.8, mic_db=-40, speaker_db=-25)
+    assert path.heard, "the speaker came back into the microphone (headphones off)"
+    for _ in range(2 * ECHO_FREE_WINDOWS):
+        path.observe(likeness=0.1, mic_db=-28, speaker_db=-25)
+    assert path.heard, "a loud microphone (someone talking) is no proof of silence"

@@ -84,3 +84,40 @@ def echo_likeness(mic: Int16Array, speaker: Int16Array) -> float:
     windows = np.convolve(r * r, np.ones(m.size), "valid")  # the reference's energy at each lag
     score = np.abs(corr) / np.sqrt(m_energy * np.maximum(windows, 1e-9))
     return float(min(1.0, score.max()))
+
+
+#: The microphone hears the speaker when a quarter second of it is at least this much a copy of
+#: what played (an echo through the air correlates ~0.5-0.9; room noise ~0.07, scripts/bench_latency.py).
+ECHO_PATH_LIKENESS = 0.25
+#: ... and does not after this many quarter seconds of the speaker playing with the microphone
+#: neither correlating nor loud (the person silent): a headset, or a client or phone that cancels
+#: its own echo (the demo page asks the browser to).
+ECHO_FREE_WINDOWS = 3
+#: A window where the microphone is within this much of the speaker says nothing about the echo
+#: path: the person may be talking over it.
+ECHO_FREE_BELOW_DB = 20.0
+
+
+class EchoPath:
+    """Whether the speaker can be heard in the microphone at all.
+
+    AEC3 suppresses the microphone hard while the speaker plays until it has learned the echo
+    path; with no echo to learn from (the common case: browsers, phones and headsets cancel
+    their own echo) it ducks a person's first second of speech over the assistant by 50-70 dB,
+    and the barge-in is heard that late. So turn detection listens to the canceller's output
+    only while the microphone is shown to carry the assistant's voice; it starts out assuming it
+    does (the side that never interrupts itself)."""
+
+    def __init__(self) -> None:
+        self.heard = True
+        self._echo_free = 0
+
+    def observe(self, likeness: float, mic_db: float, speaker_db: float) -> None:
+        """A quarter second of the speaker playing at ``speaker_db`` while the person was not
+        speaking: the microphone at ``mic_db`` was ``likeness`` a copy of it."""
+        if likeness >= ECHO_PATH_LIKENESS:
+            self.heard, self._echo_free = True, 0
+        elif mic_db < speaker_db - ECHO_FREE_BELOW_DB:
+            self._echo_free += 1
+            if self._echo_free >= ECHO_FREE_WINDOWS:
+                self.heard = False

@@ -158,7 +158,6 @@ class Endpointer:
         self._silence_start: int | None = None  # first silent hop after it, if any
         self._paused = False  # PauseStarted sent, neither resumed nor stopped yet
         self.guarded = False  # the assistant is audible: onsets must be at the person's level
-        self.speaker_level_db: float | None = None  # the person's speaking level (voiced hops, dBFS)
         self._levels: deque[float] = deque(maxlen=LEVEL_HOPS)  # their recent voiced hops, dBFS
         self._pauses = 0  # pauses judged so far: a late verdict must not land on a later pause
         self._judging: int | None = None  # the pause JudgeTurn was sent for
@@ -224,15 +223,17 @@ class Endpointer:
 
     def _too_quiet_to_interrupt(self, level_db: float | None) -> bool:
         gate = self.config.barge_in_gate_db
-        if not self.guarded or gate <= 0 or level_db is None or len(self._levels) < MIN_LEVEL_HOPS:
+        if not self.guarded or gate <= 0 or level_db is None:
             return False
-        return level_db < self.speaker_level_db_now() - gate
+        level = self.speaker_level_db()
+        return level is not None and level_db < level - gate
 
-    def speaker_level_db_now(self) -> float:
+    def speaker_level_db(self) -> float | None:
         """How loud the person speaks: the 80th percentile of their last voiced hops (dBFS), so
-        their vowels count, not the soft ends of their words."""
-        self.speaker_level_db = float(np.percentile(self._levels, 80))
-        return self.speaker_level_db
+        their vowels count, not the soft ends of their words; None until enough were heard."""
+        if len(self._levels) < MIN_LEVEL_HOPS:
+            return None
+        return float(np.percentile(self._levels, 80))
 
     def _learn_level(self, level_db: float) -> None:
         self._levels.append(level_db)
