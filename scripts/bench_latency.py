@@ -201,7 +201,10 @@ async def barge_in(s: Session, question: np.ndarray, interruption: np.ndarray, r
     done = finished(s, rid)
     assert done is not None
     if done["response"]["status"] != "cancelled":
-        print("  barge-in missed: the reply completed", file=sys.stderr)
+        started = [t for t, _ in s.rec.timed("input_audio_buffer.speech_started")[n_started:]]
+        heard = f"speech_started {(started[0] - sent_at) * 1000 - onset20:.0f} ms after the onset" if started else \
+            "no speech_started"
+        print(f"  barge-in missed: the reply completed ({heard})", file=sys.stderr)
         results[f"{prefix}_missed"].append(1.0)
         return
     results[f"{prefix}_missed"].append(0.0)
