@@ -4,9 +4,12 @@ every kind of bad frame raising BadFrame (which the bridge logs and skips)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voicebot.core.audio import PCMA, PCMU, AudioFormat
 from voicebot.transports.carriers import CARRIERS
@@ -217,3 +220,52 @@ def test_vonage_8k_and_bad_content_type() -> None:
 
 def test_every_carrier_is_registered() -> None:
     assert sorted(CARRIERS) == ["telnyx", "twilio", "vonage"]
+
+
+# --- hostile frames: a carrier parser raises BadFrame and nothing else -------------------------------
+
+FRAME_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["event", "start", "media", "payload", "streamSid", "stream_id", "media_format",
+                         "mediaFormat", "sample_rate", "encoding", "chunk", "dtmf", "digit", "mark", "name",
+                         "content-type", "sequence_number"]) | st.text(max_size=6), children, max_size=4),
+    max_leaves=14,
+)
+FRAMES = st.one_of(FRAME_JSON.map(json.dumps), st.text(max_size=100), st.binary(max_size=64),
+                   st.integers(1, 5000).map(lambda n: "[" * n + "]" * n))
+
+
+@pytest.mark.parametrize("carrier", sorted(CARRIERS))
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(FRAMES, max_size=4))
+def test_fuzzed_frames_only_ever_raise_bad_frame(carrier: str, frames: list[str | bytes]) -> None:
+    serializer = CARRIERS[carrier]()
+    started = {"twilio": twilio_start(), "telnyx": telnyx("start", 1, start={"media_format": {"encoding": "PCMU"}}),
+               "vonage": json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"})}
+    for frame in [started[carrier], *frames]:
+        with contextlib.suppress(BadFrame):
+            serializer.parse(frame)
+
+
+@pytest.mark.parametrize("rate", ["abc", [8000], None, {"x": 1}, 8000.5, True])
+def test_telnyx_odd_sample_rates_are_bad_frames(rate: object) -> None:
+    with pytest.raises(BadFrame, match="unsupported media format"):
+        TelnyxSerializer().parse(telnyx("start", 1, start={"media_format": {"encoding": "PCMU", "sample_rate": rate}}))
+
+
+def test_a_second_start_never_switches_the_stream() -> None:
+    s = telnyx_started()
+    with pytest.raises(BadFrame, match="second 'start'"):
+        s.parse(json.dumps({"event": "start", "stream_id": "st-other",
+                            "start": {"media_format": {"encoding": "PCMU"}}}))
+    assert s.stream_id == "st-1"
+    t = TwilioSerializer()
+    t.parse(twilio_start())
+    with pytest.raises(BadFrame, match="second 'start'"):
+        t.parse(twilio_start())
+    v = VonageSerializer()
+    v.parse(json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}))
+    with pytest.raises(BadFrame, match="second"):
+        v.parse(json.dumps({"event": "websocket:connected", "content-type": "audio/l16;rate=8000"}))
+    assert v.fmt == AudioFormat("pcm16", 16000)

@@ -7,7 +7,6 @@ credential check is :func:`voicebot.transports.access.authorize`.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from voicebot.core import safe_json
 from voicebot.errors import HttpError
 from voicebot.transports.access import error_response
 
@@ -60,11 +60,11 @@ async def read_model(request: Request, model: type[M], limit: int, *, empty_ok: 
             return model()
         raise HttpError(400, "The request body is empty; send a JSON object.", "invalid_json")
     try:
-        value: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value: Any = safe_json.loads(raw)
+    except safe_json.JsonError as exc:
         raise HttpError(400, f"The request body is not valid JSON: {exc}.", "invalid_json") from None
     try:
-        return model.model_validate(value)
+        return model.model_validate(value, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None

@@ -82,6 +82,7 @@ class CallBridge:
 
     kind = KIND
     chunk_ms = float(FRAME_MS)
+    holds_output = True
 
     def __init__(self, state: AppState, carrier: str, serializer: Serializer, websocket: WebSocket,
                  conversation: Conversation | None) -> None:
@@ -164,6 +165,10 @@ class CallBridge:
                 events = self.serializer.parse(raw)
             except BadFrame as exc:
                 self._bad_frame(str(exc))
+                continue
+            except Exception as exc:  # a parser bug must cost one frame, not the call
+                log.exception("%s call %s: the frame parser failed", self.stats.carrier, self.stats.call_id or "?")
+                self._bad_frame(f"{type(exc).__name__} in the parser")
                 continue
             for event in events:
                 if isinstance(event, Stop):

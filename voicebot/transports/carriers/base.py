@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from voicebot.core import safe_json
 from voicebot.core.audio import AudioFormat
 from voicebot.errors import VoicebotError
 
@@ -87,8 +88,8 @@ def load_json(message: Outbound) -> dict[str, Any]:
     if isinstance(message, bytes):
         raise BadFrame(f"unexpected binary message of {len(message)} bytes")
     try:
-        value = json.loads(message)
-    except ValueError as exc:
+        value = safe_json.loads(message)
+    except safe_json.JsonError as exc:
         raise BadFrame(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadFrame("a message must be a JSON object")

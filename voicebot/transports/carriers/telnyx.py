@@ -94,11 +94,13 @@ class TelnyxSerializer:
         sid = text(msg.get("stream_id"), "stream_id")
         fmt_info = obj(start.get("media_format", {"encoding": "PCMU"}), "start.media_format")
         encoding = str(fmt_info.get("encoding", "")).upper()
-        if encoding not in _ENCODINGS or int(fmt_info.get("sample_rate", 8000)) != 8000:
+        if encoding not in _ENCODINGS or fmt_info.get("sample_rate", 8000) not in (8000, "8000"):
             raise BadFrame(f"unsupported media format {fmt_info!r} (PCMU or PCMA at 8000 Hz)")
         params = start.get("custom_parameters") or {}
         if not isinstance(params, dict):
             raise BadFrame("'start.custom_parameters' must be an object")
+        if self.stream_id is not None:
+            raise BadFrame(f"a second 'start' (stream {sid!r}); the call stays on {self.stream_id!r}")
         self.stream_id = sid
         self.order.next = 1  # chunks count from 1: a swapped first pair is reordered too
         return Start(sid, str(start.get("call_control_id", "")), _ENCODINGS[encoding],

@@ -74,8 +74,8 @@ class TwilioSerializer:
         params = start.get("customParameters") or {}
         if not isinstance(params, dict):
             raise BadFrame("'start.customParameters' must be an object")
-        if self.stream_sid is not None and sid != self.stream_sid:
-            raise BadFrame(f"second 'start' for another stream {sid!r}")
+        if self.stream_sid is not None:
+            raise BadFrame(f"a second 'start' (stream {sid!r}); the call stays on {self.stream_sid!r}")
         self.stream_sid = sid
         return Start(sid, str(start.get("callSid", "")), _ENCODINGS[encoding],
                      {str(k): str(v) for k, v in params.items()})

@@ -67,6 +67,8 @@ class VonageSerializer:
         match = _CONTENT_TYPE.match(content_type.replace(" ", ""))
         if match is None:
             raise BadFrame(f"unsupported content-type {content_type!r} (audio/l16;rate=8000 or 16000)")
+        if self.fmt is not None:
+            raise BadFrame("a second 'websocket:connected'; the call keeps its first format")
         self.fmt = AudioFormat("pcm16", int(match.group(1)))
         params = {str(k): str(v) for k, v in msg.items() if k not in ("event", "content-type")
                   and isinstance(v, str | int | float)}
