@@ -93,7 +93,9 @@ class Settings:
     llm_model: str = field(default="", metadata=_meta("Model name for the remote LLM endpoint."))
     llm_api_key: str = field(default="", metadata=_meta("API key for the remote LLM endpoint."))
     llm_threads: int = field(default=2, metadata=_meta("CPU threads for the embedded LLM."))
-    llm_context: int = field(default=4096, metadata=_meta("Context window (tokens) for the embedded LLM."))
+    llm_context: int = field(default=4096, metadata=_meta(
+        "Context window (tokens) per conversation: the embedded LLM's size, and what a conversation's "
+        "history is fitted into (the oldest turns leave first; truncation \"auto\"), remote LLMs included."))
     llm_parallel: int = field(
         default=3, metadata=_meta("Concurrent generation slots in the embedded LLM (one per active reply).")
     )
@@ -198,6 +200,11 @@ class Settings:
             "large = tolerant of network jitter."
         ),
     )
+
+    @property
+    def history_budget_tokens(self) -> int:
+        """What a conversation's history may take of the context: the rest is the reply's."""
+        return max(256, self.llm_context - self.max_response_tokens)
 
     @property
     def auth_required(self) -> bool:

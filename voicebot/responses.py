@@ -69,6 +69,15 @@ class ResponseContext:
     #: conversation's prompt in the same cache instead of starting cold on another slot.
     llm_lock: asyncio.Lock
 
+    def history(self, instructions: str, *, conversation: Conversation | None = None, before: str | None = None,
+                pending: str | None = None) -> list[ChatMessage]:
+        """The conversation for the LLM, fitted into its context as the session's ``truncation`` says."""
+        ratio = self.config().retention_ratio
+        budget = None if ratio is None else self.settings.history_budget_tokens
+        return (conversation or self.conversation).chat_messages(
+            instructions, before=before, pending=pending, budget_tokens=budget,
+            retention_ratio=ratio or 1.0)
+
 
 @dataclass
 class Reply:
@@ -190,8 +199,7 @@ class Responses:
             return
         reply = self._new_reply(ev.ResponseParams())
         reply.speculative = True
-        reply.pipeline.messages = [*self.ctx.conversation.chat_messages(reply.instructions),
-                                   ChatMessage("user", transcript)]
+        reply.pipeline.messages = self.ctx.history(reply.instructions, pending=transcript)
         self.speculative = reply
         reply.task = self.ctx.spawn(self._run(reply), "speculative-reply")
 
@@ -264,8 +272,8 @@ class Responses:
             for p in params.input:
                 text = p.content[0].text or p.content[0].transcript or ""
                 history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
-            return history.chat_messages(reply.instructions)
-        return self.ctx.conversation.chat_messages(reply.instructions, before=reply.item.id)
+            return self.ctx.history(reply.instructions, conversation=history)
+        return self.ctx.history(reply.instructions, before=reply.item.id)
 
     def _announce_item(self, reply: Reply) -> None:
         pipeline = reply.pipeline
@@ -334,8 +342,8 @@ class Responses:
         """After a reply: the history with the person's next message begun, into the prompt cache,
         so their next turn evaluates only their words (the chat template's few tokens are done)."""
         async with self.ctx.llm_lock:
-            history = self.ctx.conversation.chat_messages(instructions)
-            await self.ctx.engines.llm.prefill([*history, ChatMessage("user", "")])
+            history = self.ctx.history(instructions, pending="")
+            await self.ctx.engines.llm.prefill(history)
 
     def cancel(self, reason: str) -> None:
         """The active reply ends *now*, in this very step (barge-in, response.cancel, a keypad press).

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 #: How long close() waits for its tasks after cancelling them (engine threads check a stop flag).
 CLOSE_TIMEOUT_S = 5.0
+#: A reply waits at most this long for the user turns before it to be transcribed.
+TRANSCRIPTS_TIMEOUT_S = 30.0
 #: A partial transcript for the prompt cache is a nicety: every other transcription goes first.
 PREFILL_SLACK_S = 2.0
 
@@ -149,16 +151,27 @@ class Session:
         except ProtocolError as err:
             self.emit(ev.error_event(err))
             return
+        except Exception as exc:  # the parser is the boundary: nothing a client sends gets past it
+            log.exception("session %s: parsing a client message failed", self.id)
+            self.emit(ev.error_event(ProtocolError(f"The server could not parse the message: {type(exc).__name__}.",
+                                                   type="server_error", code="internal_error")))
+            return
         await self.handle(event)
 
     async def handle(self, event: ev.ClientEvent) -> None:
-        """One parsed client event; a ProtocolError becomes an ``error`` event naming it."""
+        """One parsed client event; whatever goes wrong becomes an ``error`` event naming it, and
+        the session goes on (a bug here must cost the client one event, not the conversation)."""
         try:
             self._dispatch(event)
         except ProtocolError as err:
             if err.event_id is None:
                 err.event_id = event.event_id
             self.emit(ev.error_event(err))
+        except Exception as exc:
+            log.exception("session %s: %s failed", self.id, event.type)
+            self.emit(ev.error_event(ProtocolError(
+                f"The server could not handle '{event.type}': {type(exc).__name__}.", type="server_error",
+                code="internal_error", event_id=event.event_id)))
 
     def _dispatch(self, event: ev.ClientEvent) -> None:
         eid = event.event_id
@@ -176,7 +189,7 @@ class Session:
             case ev.InputAudioBufferClear():
                 self.clear_audio()
             case ev.OutputAudioBufferClear():
-                self.clear_output()
+                self.clear_output(event_id=eid)
             case ev.ConversationItemCreate():
                 self.create_item(event.item, event.previous_item_id, event_id=eid)
             case ev.ConversationItemDelete():
@@ -203,7 +216,7 @@ class Session:
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
         if self.config.instructions != old.instructions and (self._prefill is None or self._prefill.done()):
             # New instructions: evaluate them now, not when the first question is waiting for it.
-            history = self.conversation.chat_messages(self.config.instructions)
+            history = self.responses.ctx.history(self.config.instructions)
             self._prefill = self.spawn(self._prefill_messages(history), "prefill-instructions")
 
     # --- audio in ------------------------------------------------------------------------------
@@ -236,8 +249,7 @@ class Session:
     async def _prefill_partial(self, audio: Int16Array) -> None:
         text = (await self._transcribe(audio, slack_s=PREFILL_SLACK_S)).strip()
         if text and self.hearing.speech_start_ms is not None:  # the turn is still going on
-            history = self.conversation.chat_messages(self.config.instructions)
-            await self._prefill_messages([*history, ChatMessage("user", text)])
+            await self._prefill_messages(self.responses.ctx.history(self.config.instructions, pending=text))
 
     async def _prefill_messages(self, messages: list[ChatMessage]) -> None:
         async with self.llm_lock:
@@ -348,7 +360,10 @@ class Session:
     async def _transcripts_ready(self) -> None:
         pending = list(self.transcriptions.values())
         if pending:
-            await asyncio.wait([asyncio.shield(t) for t in pending])
+            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=TRANSCRIPTS_TIMEOUT_S)
+            if late:  # a stalled ASR must not stall the conversation: answer with what is there
+                log.warning("session %s: %d transcription(s) still running after %.0f s; replying without them",
+                            self.id, len(late), TRANSCRIPTS_TIMEOUT_S)
 
     async def _finish_transcription(self, item: Item, task: asyncio.Task[str]) -> None:
         started = time.monotonic()
@@ -440,8 +455,12 @@ class Session:
                                 event_id=event_id)
         self.interrupt("client_cancelled")
 
-    def clear_output(self) -> None:
+    def clear_output(self, *, event_id: str | None = None) -> None:
         """``output_audio_buffer.clear`` (WebRTC): stop what the listener hears now."""
+        if not self.sink.holds_output:
+            raise ProtocolError("output_audio_buffer.clear is for WebRTC and phone calls; over a WebSocket the "
+                                "client clears its own playback (send response.cancel to stop the reply).",
+                                code="unsupported_event", event_id=event_id)
         reply_id = self.responses.active.id if self.responses.active else None
         self.interrupt("client_cancelled")
         self.emit(ev.server_event("output_audio_buffer.cleared", response_id=reply_id))

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat
-from voicebot.core.endpoint import EndpointConfig
+from voicebot.core.context import AUTO_RETENTION_RATIO
+from voicebot.core.endpoint import EndpointConfig, EndpointConfigError
 from voicebot.core.turns import TurnPolicy
 from voicebot.errors import ProtocolError
 
@@ -53,6 +54,16 @@ class SessionConfig:
     speed: float = 1.0
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = None
+    truncation: str | dict[str, Any] = "auto"  # "auto", "disabled" or a retention_ratio object, as sent
+
+    @property
+    def retention_ratio(self) -> float | None:
+        """How much of the context a cut keeps (core/context.py); None = never cut ("disabled")."""
+        if self.truncation == "disabled":
+            return None
+        if isinstance(self.truncation, dict):
+            return float(self.truncation["retention_ratio"])
+        return AUTO_RETENTION_RATIO
 
     def turn_detection_wire(self) -> dict[str, Any] | None:
         if self.vad is None:
@@ -94,7 +105,7 @@ def session_wire(c: SessionConfig, session_id: str, model: str) -> dict[str, Any
         "tools": [],
         "tool_choice": "auto",
         "tracing": None,
-        "truncation": "auto",
+        "truncation": c.truncation,
         "prompt": None,
         "include": None,
     }
@@ -125,7 +136,11 @@ def apply_update(c: SessionConfig, s: ev.SessionConfig, event_id: str | None) ->
         changes["transcription"] = None if t is None else {"model": t.model or "whisper", "language": t.language}
     if "turn_detection" in fields_set or "turn_detection" in s.model_fields_set:
         td = audio_in.turn_detection if audio_in and "turn_detection" in fields_set else s.turn_detection
-        changes.update(_turn_detection(td, c))
+        try:
+            changes.update(_turn_detection(td, c))
+        except EndpointConfigError as exc:  # the schema's ranges should have caught it; never end the session
+            raise ProtocolError(f"Invalid turn_detection: {exc}.", param="session.audio.input.turn_detection",
+                                event_id=event_id) from None
     voice = audio_out.voice if audio_out and audio_out.voice else s.voice
     if voice:
         changes["voice"] = voice
@@ -136,6 +151,9 @@ def apply_update(c: SessionConfig, s: ev.SessionConfig, event_id: str | None) ->
         changes["max_output_tokens"] = max_tokens
     if s.temperature is not None:
         changes["temperature"] = s.temperature
+    if s.truncation is not None:
+        changes["truncation"] = s.truncation if isinstance(s.truncation, str) else {
+            "type": "retention_ratio", "retention_ratio": s.truncation.retention_ratio}
     return replace(c, **changes)
 
 

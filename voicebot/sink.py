@@ -53,6 +53,12 @@ class OutputSink(Protocol):
         """How long each audio chunk should be (telephony wants 20 ms frames)."""
         ...
 
+    @property
+    def holds_output(self) -> bool:
+        """The server keeps the listener's output audio buffer (WebRTC, a phone call), so
+        ``output_audio_buffer.clear`` applies; a WebSocket client keeps its own and clears it itself."""
+        ...
+
     def send_event(self, event: ServerEvent) -> None:
         """A Realtime server event (never audio: that goes to :meth:`send_audio`)."""
         ...
@@ -80,6 +86,7 @@ class NullSink:
 
     audio_format: AudioFormat | None = None
     chunk_ms: float = 100.0
+    holds_output: bool = False
 
     def send_event(self, event: ServerEvent) -> None:
         pass

@@ -116,3 +116,51 @@ async def test_disconnect_mid_reply_leaves_no_session_or_task(server: ThreadServ
     assert not server.state.sessions
     assert server.llm.active == 0
     assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").json()["sessions"] == 0
+
+
+# --- hostile input on the wire: each costs one error, never the session or a 5xx --------------------
+
+HOSTILE_EVENTS = [
+    '{"type": "session.update", "event_id": "e1", "session": ' + "[" * 4000 + "]" * 4000 + "}",
+    "[" * 50_000,
+    json.dumps({"type": "input_audio_buffer.clear", "event_id": "x" * 200_000}),
+    '{"type": "input_audio_buffer.clear", "event_id": "\\ud800"}',
+    json.dumps({"type": "session.update", "event_id": "e5",
+                "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": True}}}}}),
+    json.dumps({"type": "session.update", "event_id": "e6",
+                "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 1.0}}}}}),
+    json.dumps({"type": "session.update", "event_id": "e7", "session": {"max_output_tokens": 0}}),
+    json.dumps({"type": "output_audio_buffer.clear", "event_id": "e8"}),
+    json.dumps({"type": "response.create", "event_id": "e9", "response": {"conversation": "conv_elsewhere"}}),
+]
+
+
+async def test_hostile_events_each_get_an_error_and_the_session_goes_on(server: ThreadServer) -> None:
+    async with websockets.connect(server.url, additional_headers=auth(), max_size=None) as ws:
+        await recv_until(ws, "session.created")
+        for raw in HOSTILE_EVENTS:
+            await ws.send(raw)
+            error = (await recv_until(ws, "error"))["error"]
+            assert error["message"], raw[:80]
+            sent = json.loads(raw) if raw.startswith("{") and len(raw) < 1000 and "\\ud800" not in raw else {}
+            assert error["event_id"] == sent.get("event_id"), (raw[:80], error)
+        await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Still here."}}))
+        updated = await recv_until(ws, "session.updated")
+        assert updated["session"]["instructions"] == "Still here."
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/conversations", "/v1/realtime/client_secrets"])
+@pytest.mark.parametrize("body", [b"[" * 30_000, b'{"a": "\xff\xfe"}', b'{"model": "\\ud800"}', b"\x00\x01",
+                                  b"[" * 1_000_000], ids=["deep", "utf8", "surrogate", "bin", "huge"])
+def test_hostile_http_bodies_get_a_4xx_with_a_reason(server: ThreadServer, path: str, body: bytes) -> None:
+    response = httpx.post(server.http + path, content=body,
+                          headers={**auth(), "Content-Type": "application/json"})
+    assert response.status_code == (413 if len(body) > 100_000 else 400), (response.status_code, response.text[:200])
+    assert response.json()["error"]["message"]
+
+
+def test_chat_completions_checks_types_strictly(server: ThreadServer) -> None:
+    for body in ({"messages": True}, {"messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+                 {"messages": [{"role": "user", "content": "hi"}], "max_tokens": True}):
+        response = httpx.post(server.http + "/v1/chat/completions", json=body, headers=auth())
+        assert response.status_code == 400, (body, response.text[:200])

@@ -20,15 +20,15 @@ class Harness:
     def __init__(self, *, llm: SlowLlm | None = None, tts: ToneTts | None = None,
                  asr: ScriptedAsr | None = None, lead_ms: float = 100, sink: RecordingSink | None = None,
                  turn: FixedTurn | None = None, prefill: bool = False,
-                 echo: EchoCancellerFactory | None = None) -> None:
+                 echo: EchoCancellerFactory | None = None, **settings: Any) -> None:
         self.llm = llm or SlowLlm()
         self.tts = tts or ToneTts(ms_per_char=8)
         self.asr = asr or ScriptedAsr()
         self.sink = sink or RecordingSink()
         self.events: list[dict[str, Any]] = self.sink.events
         # Prefills transcribe too: off unless a test is about them, so scripted transcripts stay in order.
-        settings = from_env({}, prefill_during_speech=prefill)
-        self.session = Session(fake_engines(self.asr, self.llm, self.tts, turn, echo), settings, self.sink,
+        self.session = Session(fake_engines(self.asr, self.llm, self.tts, turn, echo),
+                               from_env({}, prefill_during_speech=prefill, **settings), self.sink,
                                output_lead_ms=lead_ms)
         self.session.start()
 

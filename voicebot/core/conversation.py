@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from voicebot.core.context import AUTO_RETENTION_RATIO, fit
 from voicebot.core.types import ChatMessage, Role
 from voicebot.errors import ProtocolError
 
@@ -108,6 +109,7 @@ class Conversation:
         self._items: list[Item] = []
         self._listeners: list[Listener] = []
         self._event_listeners: list[EventListener] = []
+        self._llm_dropped = 0  # history messages cut from the LLM's view (truncation "auto")
 
     # --- observation ---------------------------------------------------------------------------
 
@@ -198,10 +200,15 @@ class Conversation:
 
     # --- LLM view ------------------------------------------------------------------------------
 
-    def chat_messages(self, instructions: str, *, before: str | None = None) -> list[ChatMessage]:
+    def chat_messages(self, instructions: str, *, before: str | None = None, pending: str | None = None,
+                      budget_tokens: int | None = None,
+                      retention_ratio: float = AUTO_RETENTION_RATIO) -> list[ChatMessage]:
         """The history as chat messages for the LLM, oldest first, empty turns left out.
 
         ``before``: only the items before this one (a reply sees what was said before it).
+        ``pending``: a user turn not in the history yet, last (a speculative reply's transcript).
+        ``budget_tokens``: fit it into this much context, the oldest turns leaving first
+        (core/context.py; the cut is kept here so the LLM's prompt cache stays valid).
         """
         messages = [ChatMessage("system", instructions)] if instructions else []
         for item in self._items:
@@ -210,4 +217,10 @@ class Conversation:
             text = (item.llm_text or item.text or "").strip()
             if text:
                 messages.append(ChatMessage(item.role, text))
-        return messages
+        if pending is not None:
+            messages.append(ChatMessage("user", pending))
+        if budget_tokens is None:
+            return messages
+        fitted = fit(messages, budget_tokens, self._llm_dropped, retention_ratio)
+        self._llm_dropped = fitted.dropped
+        return fitted.messages

@@ -19,9 +19,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from voicebot.core import safe_json
 from voicebot.errors import ProtocolError
 
 ServerEvent = dict[str, Any]
+
+#: The client's ``event_id`` is echoed in errors: longer ones are refused (the hosted API's ids are ~30).
+MAX_EVENT_ID = 512
+#: One ``input_audio_buffer.append`` carries at most this much audio (the hosted API's limit).
+MAX_APPEND_BYTES = 15 * 1024 * 1024
+#: ``max_output_tokens``: 1 or more (0 and negatives would mean "unlimited" to llama.cpp), or "inf".
+MaxTokens = Annotated[int, Field(ge=1)] | Literal["inf"]
 
 
 def new_id(prefix: str) -> str:
@@ -38,9 +46,9 @@ class _Model(BaseModel):
 
 class TurnDetection(_Model):
     type: Literal["server_vad", "semantic_vad"] = "server_vad"
-    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    threshold: float | None = Field(default=None, gt=0.0, lt=1.0)  # what the endpointer accepts
     prefix_padding_ms: int | None = Field(default=None, ge=0, le=5000)
-    silence_duration_ms: int | None = Field(default=None, ge=0, le=10000)
+    silence_duration_ms: int | None = Field(default=None, ge=1, le=10000)
     create_response: bool | None = None
     interrupt_response: bool | None = None
     eagerness: Literal["low", "medium", "high", "auto"] | None = None
@@ -70,13 +78,19 @@ class AudioConfig(_Model):
     output: AudioOutput | None = None
 
 
+class RetentionRatio(_Model):
+    type: Literal["retention_ratio"]
+    retention_ratio: float = Field(gt=0.0, le=1.0)
+
+
 class SessionConfig(_Model):
     type: Literal["realtime"] | None = None
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = Field(default=None, min_length=1)
     audio: AudioConfig | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: MaxTokens | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    truncation: Literal["auto", "disabled"] | RetentionRatio | None = None
     # Beta-era names, still sent by older clients and bridges.
     modalities: list[Literal["audio", "text"]] | None = None
     input_audio_format: str | None = None
@@ -84,7 +98,7 @@ class SessionConfig(_Model):
     turn_detection: TurnDetection | None = None
     input_audio_transcription: Transcription | None = None
     voice: str | None = None
-    max_response_output_tokens: int | Literal["inf"] | None = None
+    max_response_output_tokens: MaxTokens | None = None
 
 
 # --- conversation items ---------------------------------------------------------------------------
@@ -109,8 +123,8 @@ class ResponseParams(_Model):
     instructions: str | None = None
     output_modalities: list[Literal["audio", "text"]] | None = Field(default=None, min_length=1)
     modalities: list[Literal["audio", "text"]] | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
-    conversation: Literal["auto", "none"] | str | None = None
+    max_output_tokens: MaxTokens | None = None
+    conversation: Literal["auto", "none"] | None = None  # the GA API knows no other value
     metadata: dict[str, str] | None = None
     input: list[ItemParam] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -207,12 +221,17 @@ CLIENT_EVENT_TYPES = frozenset(
 def parse_client_event(raw: str | bytes) -> ClientEvent:
     """Parse and validate one client message; raise :class:`ProtocolError` with a precise message."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"The message is not valid JSON: {exc}", code="invalid_json") from None
+        data = safe_json.loads(raw)
+    except safe_json.JsonError as exc:
+        raise ProtocolError(f"The message is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise ProtocolError("A client event must be a JSON object.", code="invalid_json")
-    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+    event_id = data.get("event_id")
+    if event_id is not None and not isinstance(event_id, str):
+        raise ProtocolError("'event_id' must be a string.", code="invalid_value", param="event_id")
+    if event_id is not None and len(event_id) > MAX_EVENT_ID:
+        raise ProtocolError(f"'event_id' is longer than {MAX_EVENT_ID} characters.", code="invalid_value",
+                            param="event_id")
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("The event has no 'type' string.", code="missing_required_parameter",
@@ -221,7 +240,8 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
         raise ProtocolError(f"Unknown client event type '{kind}'.", code="unknown_event_type",
                             param="type", event_id=event_id)
     try:
-        return _ADAPTER.validate_python(data)
+        # Strict: JSON true is not the number 1, "5" is not 5 (ints still pass as floats).
+        return _ADAPTER.validate_python(data, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"][1:]]  # drop the discriminator tag
@@ -242,6 +262,9 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
 
 def decode_audio(b64: str, *, param: str, event_id: str | None) -> bytes:
     """Strict base64 (the SDKs send standard padding); garbage becomes a clear protocol error."""
+    if len(b64) > MAX_APPEND_BYTES * 4 // 3 + 4:
+        raise ProtocolError(f"'{param}' carries more than {MAX_APPEND_BYTES // (1024 * 1024)} MiB of audio; "
+                            "send it in smaller appends.", code="invalid_value", param=param, event_id=event_id)
     try:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):

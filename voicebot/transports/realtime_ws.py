@@ -43,6 +43,7 @@ class WebSocketSink:
 
     audio_format: AudioFormat | None = None  # the session's audio.output.format
     chunk_ms = DELTA_MS
+    holds_output = False  # the client plays (and clears) its own buffer
 
     def __init__(self) -> None:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()

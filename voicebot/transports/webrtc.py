@@ -67,6 +67,7 @@ class RtcCall:
     kind = KIND
     audio_format: AudioFormat | None = RTC_FORMAT
     chunk_ms = CHUNK_MS
+    holds_output = True
 
     def __init__(self, state: AppState, offer: Offer, *, model: str, conversation: Conversation | None) -> None:
         settings = state.settings
