@@ -178,14 +178,6 @@ class Settings:
         metadata=_meta("Cancel the assistant's own voice in the microphone audio (WebRTC AEC3 against what "
                        "the listener is playing), so a speakerphone or a leaky headset does not interrupt it."),
     )
-    prefill_during_speech: bool = field(
-        default=False,
-        metadata=_meta("While the user speaks, transcribe what was said so far every "
-                       "--prefill-every-ms and evaluate it into the embedded LLM's prompt cache, so the "
-                       "reply only evaluates the last words. Off by default: on two cores the extra "
-                       "transcriptions cost what the prefill saves (docs/benchmarks.md)."),
-    )
-    prefill_every_ms: int = field(default=800, metadata=_meta("Speech between two prefills (ms)."))
     speculative_replies: bool = field(
         default=True,
         metadata=_meta("Start thinking about the reply during the user's pause (transcribed at 200 ms "

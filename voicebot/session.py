@@ -55,8 +55,6 @@ MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 CLOSE_TIMEOUT_S = 5.0
 #: A reply waits at most this long for the user turns before it to be transcribed.
 TRANSCRIPTS_TIMEOUT_S = 30.0
-#: A partial transcript for the prompt cache is a nicety: every other transcription goes first.
-PREFILL_SLACK_S = 2.0
 
 
 class Session:
@@ -91,8 +89,7 @@ class Session:
         self._speech_item_id = ev.new_id("item")
         self.speculation: Speculation | None = None
         self.turn_complete_probability: float | None = None  # the turn model's last verdict
-        self._prefill: asyncio.Task[None] | None = None  # the partial transcript being prefilled
-        self._prefilled_ms = 0.0  # speech covered by the last prefill of this turn
+        self._prefill: asyncio.Task[None] | None = None  # new instructions being prefilled
         self.transcriptions: dict[str, asyncio.Task[str]] = {}
         self._tasks = OwnedTasks(self.id, self._task_failed)
         #: One LLM request of this session at a time (see ResponseContext.llm_lock).
@@ -232,24 +229,6 @@ class Session:
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
         for event in endpoint_events:
             self._on_endpoint(event)
-        self._maybe_prefill()
-
-    def _maybe_prefill(self) -> None:
-        """Long speech: every so often, put what was said so far into the LLM's prompt cache."""
-        hearing = self.hearing
-        if (not self.settings.prefill_during_speech or hearing.speech_start_ms is None
-                or self.speculation is not None or (self._prefill is not None and not self._prefill.done())):
-            return
-        spoken = hearing.buffer.end_ms - hearing.speech_start_ms
-        if spoken - self._prefilled_ms < self.settings.prefill_every_ms:
-            return
-        self._prefilled_ms = spoken
-        self._prefill = self.spawn(self._prefill_partial(hearing.speech_audio()), "prefill")
-
-    async def _prefill_partial(self, audio: Int16Array) -> None:
-        text = (await self._transcribe(audio, slack_s=PREFILL_SLACK_S)).strip()
-        if text and self.hearing.speech_start_ms is not None:  # the turn is still going on
-            await self._prefill_messages(self.responses.ctx.history(self.config.instructions, pending=text))
 
     async def _prefill_messages(self, messages: list[ChatMessage]) -> None:
         async with self.llm_lock:
@@ -260,7 +239,6 @@ class Session:
         match event:
             case SpeechStarted(audio_start_ms=start):
                 self.hearing.speech_start_ms = float(start)
-                self._prefilled_ms = 0.0
                 self.emit(ev.server_event("input_audio_buffer.speech_started", audio_start_ms=start,
                                           item_id=self._speech_item_id))
                 self._carry_out(self.turns.speech_started(policy, output_playing=self._output_playing()),

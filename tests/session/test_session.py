@@ -19,16 +19,15 @@ from .fakes import FixedTurn, RecordingSink, ScriptedAsr, SlowLlm, ToneTts, fake
 class Harness:
     def __init__(self, *, llm: SlowLlm | None = None, tts: ToneTts | None = None,
                  asr: ScriptedAsr | None = None, lead_ms: float = 100, sink: RecordingSink | None = None,
-                 turn: FixedTurn | None = None, prefill: bool = False,
+                 turn: FixedTurn | None = None,
                  echo: EchoCancellerFactory | None = None, **settings: Any) -> None:
         self.llm = llm or SlowLlm()
         self.tts = tts or ToneTts(ms_per_char=8)
         self.asr = asr or ScriptedAsr()
         self.sink = sink or RecordingSink()
         self.events: list[dict[str, Any]] = self.sink.events
-        # Prefills transcribe too: off unless a test is about them, so scripted transcripts stay in order.
         self.session = Session(fake_engines(self.asr, self.llm, self.tts, turn, echo),
-                               from_env({}, prefill_during_speech=prefill, **settings), self.sink,
+                               from_env({}, **settings), self.sink,
                                output_lead_ms=lead_ms)
         self.session.start()
 
@@ -355,24 +354,5 @@ async def test_server_vad_gets_exactly_the_clients_silence_and_no_turn_model() -
         assert td["type"] == "server_vad" and td["silence_duration_ms"] == 300
         await h.speak(tone(700) + silence(450), realtime=True)
         assert h.of("input_audio_buffer.speech_stopped") and not turn.calls
-    finally:
-        await h.session.close()
-
-
-async def test_long_speech_is_prefilled_into_the_llm_as_it_goes() -> None:
-    h = Harness(asr=ScriptedAsr(["I would like", "I would like to book a table", "I would like to book a table"]),
-                prefill=True)
-    try:
-        await h.send(type="session.update", session={"instructions": "Be brief."})
-        await h.speak(tone(2000) + silence(1000), realtime=True)
-        await h.wait_for("response.done")
-        # The new instructions right away, then what was said so far, while it was being said.
-        assert [m[-1].content for m in h.llm.prefills[:1]] == ["Be brief."]
-        partials = [m[-1].content for m in h.llm.prefills[1:]]
-        assert partials and all(m.role == "user" for m in h.llm.prefills[1][-1:])
-        assert partials[0] == "I would like"
-        assert h.llm.prefills[1][0].content == "Be brief."
-        # The reply itself saw the whole turn.
-        assert h.llm.requests[-1][-1].content == "I would like to book a table"
     finally:
         await h.session.close()
