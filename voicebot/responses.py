@@ -29,7 +29,7 @@ from voicebot.core.turns import TurnTracker
 from voicebot.core.types import ChatMessage
 from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.reply import AudioOut, EchoReference, ReplyPipeline
+from voicebot.reply import AudioOut, EchoReference, ReplyPipeline, ReplyTimings
 from voicebot.session_config import SessionConfig
 from voicebot.sink import OutputSink
 
@@ -68,6 +68,8 @@ class ResponseContext:
     #: thought ahead and dropped): the next one waits for the last to end, so it finds this
     #: conversation's prompt in the same cache instead of starting cold on another slot.
     llm_lock: asyncio.Lock
+    #: Every reply that ends, with its timings and status (the session's metrics).
+    on_reply_done: Callable[[ReplyTimings, str, bool], None] = lambda timings, status, audio: None
 
     def history(self, instructions: str, *, conversation: Conversation | None = None, before: str | None = None,
                 pending: str | None = None) -> list[ChatMessage]:
@@ -333,6 +335,7 @@ class Responses:
         wire = self._wire(reply, status, details)
         metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
                    "speculative": reply.speculative}
+        self.ctx.on_reply_done(pipeline.timings, status, pipeline.audio_out is not None)
         wire["metrics"] = metrics  # voicebot extension: where the time went (demo page, benchmarks)
         self.metrics.append(metrics)
         del self.metrics[:-METRICS_KEPT]

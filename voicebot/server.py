@@ -21,8 +21,11 @@ from starlette.staticfiles import StaticFiles
 
 from voicebot.config import Settings
 from voicebot.engines.base import Engines
+from voicebot.errors import HttpError
+from voicebot.metrics import CONTENT_TYPE
 from voicebot.state import AppState
 from voicebot.transports import chat_completions, client_secrets, sse, telephony, webrtc
+from voicebot.transports.access import authorize, error_response
 from voicebot.transports.realtime_ws import realtime_endpoint
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,31 @@ def _default_loader(settings: Settings) -> Engines:
 
 
 async def healthz(request: Request) -> Response:
+    """Alive: the process answers (a load balancer's liveness probe)."""
     state = getattr(request.app.state, "voicebot", None)
     if not isinstance(state, AppState):
         return JSONResponse({"status": "loading"}, status_code=503)
     return JSONResponse({"status": "ok", "sessions": len(state.sessions),
                          "uptime_s": round(time.time() - state.started_at, 1)})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready for new work: models loaded and warmed, not shutting down (a readiness probe)."""
+    state = getattr(request.app.state, "voicebot", None)
+    if not isinstance(state, AppState):
+        return JSONResponse({"status": "loading"}, status_code=503)
+    if state.closing:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; behind the API key when keys are set (scrapers send a bearer token)."""
+    try:
+        state = authorize(request)
+    except HttpError as err:
+        return error_response(err)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def create_app(settings: Settings, *, engines: Engines | None = None,
@@ -70,6 +93,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
         WebSocketRoute("/v1/realtime", realtime_endpoint),
         *chat_completions.routes,
         *sse.routes,

@@ -43,6 +43,8 @@ from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import EchoCanceller, Engines
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.hearing import Hearing
+from voicebot.metrics import Metrics
+from voicebot.reply import ReplyTimings
 from voicebot.responses import ResponseContext, Responses, Speculation
 from voicebot.session_config import SessionConfig, apply_update, session_wire
 from voicebot.sink import OutputSink
@@ -68,8 +70,11 @@ class Session:
         model: str = "voicebot",
         output_lead_ms: float | None = None,
         config: SessionConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = ev.new_id("sess")
+        self.transport = sink.kind
+        self.metrics = metrics or Metrics()  # the app's, or one nobody scrapes
         self.engines = engines
         self.settings = settings
         self.sink = sink
@@ -95,11 +100,13 @@ class Session:
         #: One LLM request of this session at a time (see ResponseContext.llm_lock).
         self.llm_lock = asyncio.Lock()
         self._closed = False
+        self._speech_ended_at: float | None = None  # monotonic end of the voice turn being answered
         self.responses = Responses(ResponseContext(
             session_id=self.id, engines=engines, settings=settings, conversation=self.conversation,
             turns=self.turns, sink=sink, clock=self.playout, speaker=self.speaker, config=lambda: self.config,
             emit=self.emit,
-            spawn=self.spawn, transcripts_ready=self._transcripts_ready, llm_lock=self.llm_lock))
+            spawn=self.spawn, transcripts_ready=self._transcripts_ready, llm_lock=self.llm_lock,
+            on_reply_done=self._reply_done))
 
     def _fixed_media(self, config: SessionConfig) -> SessionConfig:
         """A transport with its own media (a WebRTC track, a phone line) fixes both audio formats."""
@@ -112,8 +119,26 @@ class Session:
         # Other transports sharing this conversation (SSE) see every event, including the final
         # response.done of a reply that close() cancelled, so their view never dangles.
         self.conversation.publish(event)
+        if event["type"] == "error":
+            self.metrics.errors.labels(kind=event["error"].get("code") or "unknown").inc()
         if not self._closed:
             self.sink.send_event(event)
+
+    def _reply_done(self, timings: ReplyTimings, status: str, audio: bool) -> None:
+        """A reply ended: count it, and time the stages of the voice turn it answered."""
+        if status != "completed":
+            return
+        self.metrics.turns.inc()
+        speech_end, self._speech_ended_at = self._speech_ended_at, None
+        if speech_end is None or not audio:
+            return
+        # A speculative reply starts once the pause's transcript is there: that is the ASR's stage.
+        asr = timings.history_ready or (timings.started if timings.released is not None else None)
+        for stage, mark in (("asr", asr), ("llm_first_token", timings.llm_first_token),
+                            ("tts_first_audio", timings.tts_first_audio),
+                            ("voice_to_voice", timings.first_audio_sent)):
+            if mark is not None:
+                self.metrics.stage(stage, mark - speech_end)
 
     def start(self) -> None:
         self.emit(ev.server_event("session.created", session=self.session_wire()))
@@ -226,6 +251,7 @@ class Session:
         try:
             endpoint_events = self.hearing.feed(data, fmt or self.config.input_format, now)
         except ValueError as exc:  # AudioFormatError: the message says what is wrong
+            self.metrics.dropped_audio_frames.inc()
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
         for event in endpoint_events:
             self._on_endpoint(event)
@@ -241,8 +267,11 @@ class Session:
                 self.hearing.speech_start_ms = float(start)
                 self.emit(ev.server_event("input_audio_buffer.speech_started", audio_start_ms=start,
                                           item_id=self._speech_item_id))
-                self._carry_out(self.turns.speech_started(policy, output_playing=self._output_playing()),
-                                "turn_detected")
+                actions = self.turns.speech_started(policy, output_playing=self._output_playing())
+                self._carry_out(actions, "turn_detected")
+                if Action.CANCEL_REPLY in actions or Action.CLEAR_OUTPUT in actions:
+                    self.metrics.barge_ins.inc()
+                    self.metrics.barge_in_seconds.observe(max(0.0, time.monotonic() - self._stream_time(start)))
             case PauseStarted():
                 self._speculate()
             case JudgeTurn(pause=pause):
@@ -251,6 +280,8 @@ class Session:
             case SpeechResumed():
                 self._drop_speculation()
             case SpeechStopped(audio_end_ms=end):
+                self._speech_ended_at = self._stream_time(end)
+                self.metrics.stage("endpointing", time.monotonic() - self._speech_ended_at)
                 self.emit(ev.server_event("input_audio_buffer.speech_stopped", audio_end_ms=end,
                                           item_id=self._speech_item_id))
                 actions = self.turns.speech_stopped(policy)
@@ -262,6 +293,10 @@ class Session:
                 self._add_audio_item(self.hearing.take(audio_from_speech=True), transcript)
                 if Action.START_REPLY in actions:
                     self.responses.create(None, event_id=None)
+
+    def _stream_time(self, stream_ms: float) -> float:
+        """The monotonic time a moment of the input stream was received (the newest audio is now)."""
+        return time.monotonic() - max(0.0, self.hearing.buffer.end_ms - stream_ms) / 1000
 
     def _speculate(self) -> None:
         self._drop_speculation()

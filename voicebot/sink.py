@@ -54,6 +54,11 @@ class OutputSink(Protocol):
         ...
 
     @property
+    def kind(self) -> str:
+        """The transport, for metrics: realtime_ws, webrtc, telephony (or headless)."""
+        ...
+
+    @property
     def holds_output(self) -> bool:
         """The server keeps the listener's output audio buffer (WebRTC, a phone call), so
         ``output_audio_buffer.clear`` applies; a WebSocket client keeps its own and clears it itself."""
@@ -87,6 +92,7 @@ class NullSink:
     audio_format: AudioFormat | None = None
     chunk_ms: float = 100.0
     holds_output: bool = False
+    kind: str = "headless"
 
     def send_event(self, event: ServerEvent) -> None:
         pass

@@ -8,6 +8,7 @@ The server's lifespan builds one :class:`AppState` and puts it at ``app.state.vo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from voicebot.auth import Authenticator
@@ -16,6 +17,7 @@ from voicebot.config import Settings
 from voicebot.conversations import ConversationHub
 from voicebot.core.conversation import Conversation
 from voicebot.engines.base import Engines
+from voicebot.metrics import Metrics
 from voicebot.session import Session
 
 
@@ -27,11 +29,24 @@ class AppState:
     hub: ConversationHub
     sessions: set[Session] = field(default_factory=set)  # every live realtime session, any transport
     calls: CallRegistry = field(default_factory=CallRegistry)  # WebRTC and telephony calls
+    metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
+    closing: bool = False  # shutting down: not ready for new work (/readyz)
 
     @classmethod
     def create(cls, settings: Settings, engines: Engines) -> AppState:
-        return cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+        state = cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+        state.metrics.watch(state.sessions_by_transport, state.queue_depths)
+        return state
+
+    def sessions_by_transport(self) -> dict[str, int]:
+        counts = Counter(session.transport for session in self.sessions)
+        counts["sse"] = self.hub.listener_count
+        return {kind: counts.get(kind, 0) for kind in ("realtime_ws", "webrtc", "telephony", "sse")}
+
+    def queue_depths(self) -> dict[str, int]:
+        queues = self.engines.cpu
+        return {"asr": queues.asr.waiting, "tts": queues.tts.waiting}
 
     def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
         """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.
@@ -44,6 +59,7 @@ class AppState:
 
     async def aclose(self) -> None:
         """Shutdown: end every call and session, then every conversation stream."""
+        self.closing = True
         await self.calls.aclose()
         for session in list(self.sessions):
             await session.close()

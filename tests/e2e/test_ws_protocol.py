@@ -164,3 +164,51 @@ def test_chat_completions_checks_types_strictly(server: ThreadServer) -> None:
                  {"messages": [{"role": "user", "content": "hi"}], "max_tokens": True}):
         response = httpx.post(server.http + "/v1/chat/completions", json=body, headers=auth())
         assert response.status_code == 400, (body, response.text[:200])
+
+
+# --- observability ----------------------------------------------------------------------------------
+
+
+def scrape(server: ThreadServer) -> dict[str, float]:
+    """/metrics, read by prometheus-client's own parser: sample name + labels -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(f"{server.http}/metrics", headers=auth())
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {name + str(sorted(labels.items())): value
+            for family in text_string_to_metric_families(response.text)
+            for name, labels, value, *_ in family.samples}
+
+
+def test_metrics_need_the_key_and_probes_answer(server: ThreadServer) -> None:
+    assert httpx.get(f"{server.http}/metrics").status_code == 401
+    assert httpx.get(f"{server.http}/readyz").json() == {"status": "ready"}
+    assert httpx.get(f"{server.http}/healthz").json()["status"] == "ok"
+
+
+async def test_a_voice_turn_shows_in_the_metrics(server: ThreadServer) -> None:
+    before = scrape(server)
+    turns = before.get("voicebot_turns_total[]", 0.0)
+    async with websockets.connect(server.url, additional_headers=auth()) as ws:
+        await recv_until(ws, "session.created")
+        assert scrape(server)["voicebot_active_sessions[('transport', 'realtime_ws')]"] >= 1
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 300}}}}}))
+        await ws.send(json.dumps({"type": "conversation.item.delete", "item_id": "item_none"}))
+        await recv_until(ws, "error")
+        for chunk in (tone(600), silence(700)):
+            for i in range(0, len(chunk), 4800):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(chunk[i : i + 4800]).decode()}))
+        done = await recv_until(ws, "response.done", timeout=15)
+        assert done["response"]["status"] == "completed"
+        after = scrape(server)
+    assert after["voicebot_turns_total[]"] == turns + 1
+    for stage in ("endpointing", "asr", "llm_first_token", "tts_first_audio", "voice_to_voice"):
+        key = f"voicebot_stage_seconds_count[('stage', '{stage}')]"
+        assert after[key] == before.get(key, 0.0) + 1, stage
+    v2v = after["voicebot_stage_seconds_sum[('stage', 'voice_to_voice')]"] - before.get(
+        "voicebot_stage_seconds_sum[('stage', 'voice_to_voice')]", 0.0)
+    assert 0.25 < v2v < 10, "at least the 300 ms of silence that ended the turn"
+    assert after["voicebot_errors_total[('kind', 'item_not_found')]"] >= 1
+    assert "voicebot_engine_queue_depth[('queue', 'asr')]" in after

@@ -127,6 +127,7 @@ class RecordingSink:
 
     chunk_ms = 100.0
     holds_output = True
+    kind = "test"
 
     def __init__(self, audio_format: AudioFormat | None = None, positions: dict[str, float] | None = None) -> None:
         self.audio_format = audio_format

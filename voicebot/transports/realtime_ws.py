@@ -44,6 +44,7 @@ class WebSocketSink:
     audio_format: AudioFormat | None = None  # the session's audio.output.format
     chunk_ms = DELTA_MS
     holds_output = False  # the client plays (and clears) its own buffer
+    kind = "realtime_ws"
 
     def __init__(self) -> None:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
@@ -102,7 +103,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
 
     sink = WebSocketSink()
     session = Session(state.engines, state.settings, sink, conversation=conversation,
-                      model=websocket.query_params.get("model") or "voicebot")
+                      model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics)
     state.sessions.add(session)
     writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer")
     try:

@@ -193,6 +193,7 @@ class CallBridge:
                 return self._start(event)
             case Media(audio=audio):
                 if self.session is None or self.playout is None:
+                    self.state.metrics.dropped_audio_frames.inc()
                     self._bad_frame("media before 'start'")
                     return None
                 self.stats.frames_in += 1
@@ -219,7 +220,8 @@ class CallBridge:
         self.playout = PhonePlayout(start.fmt)
         session = self.session = Session(self.state.engines, self.settings, self, conversation=conversation,
                                          model=f"telephony-{self.stats.carrier}",
-                                         output_lead_ms=self.settings.telephony_lead_ms)
+                                         output_lead_ms=self.settings.telephony_lead_ms,
+                                         metrics=self.state.metrics)
         self.state.sessions.add(session)
         self.stats.call_id = start.call_id
         self.stats.conversation_id = session.conversation.id

@@ -77,7 +77,7 @@ class RtcCall:
         self.pc = RTCPeerConnection(rtc_configuration(settings.ice_servers))
         self.track = PlayoutTrack(on_started=self._on_playout_started, on_stopped=self._on_playout_stopped)
         self.session = Session(state.engines, settings, self, conversation=conversation, model=model,
-                               output_lead_ms=settings.webrtc_output_lead_ms)
+                               output_lead_ms=settings.webrtc_output_lead_ms, metrics=state.metrics)
         self.channel: RTCDataChannel | None = None
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
