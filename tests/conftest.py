@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,21 +37,24 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    tls: bool = False
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: float = 180) -> ServerProcess:
-    """Start ``voicebot serve`` on a free loopback port and wait for /healthz."""
+def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: float = 180,
+                 verify: ssl.SSLContext | None = None) -> ServerProcess:
+    """Start ``voicebot serve`` on a free loopback port and wait for /healthz (over TLS, trusting
+    ``verify``, when it is given)."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / f"server-{port}.log"
@@ -59,13 +63,13 @@ def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: f
         [sys.executable, "-m", "voicebot", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
     )
-    server = ServerProcess(process, port, log_path)
+    server = ServerProcess(process, port, log_path, tls=verify is not None)
     deadline = time.monotonic() + scaled(ready_timeout)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
         try:
-            if httpx.get(f"{server.http}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.http}/healthz", timeout=1, verify=verify or True).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -25,12 +25,19 @@ def _serve(args: argparse.Namespace) -> int:
     from voicebot.server import create_app
 
     settings = config.from_args(args)
+    problems = config.startup_problems(settings)
+    if problems:  # before any model loads: a refused start is instant
+        for problem in problems:
+            print(f"voicebot: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
         log_level=settings.log_level,
         # Oversized messages up to twice the limit still get a protocol error event; beyond that
         # the socket is closed with 1009 before a byte is buffered.

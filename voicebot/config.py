@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,14 @@ def _meta(help: str, *, choices: Sequence[str] | None = None, repeat: bool = Fal
 @dataclass(frozen=True, slots=True)
 class Settings:
     # Network
-    host: str = field(default="127.0.0.1", metadata=_meta("Address to bind."))
+    host: str = field(default="127.0.0.1", metadata=_meta(
+        "Address to bind. Anything but loopback needs --api-key (or --insecure)."))
     port: int = field(default=8000, metadata=_meta("TCP port to listen on."))
+    insecure: bool = field(default=False, metadata=_meta(
+        "Listen on a non-loopback --host without API keys: anyone who can reach it can use it."))
+    ssl_certfile: str = field(default="", metadata=_meta(
+        "TLS certificate (PEM) to serve https:// and wss:// directly; needs --ssl-keyfile."))
+    ssl_keyfile: str = field(default="", metadata=_meta("TLS private key (PEM) for --ssl-certfile."))
     api_keys: tuple[str, ...] = field(
         default=(),
         metadata=_meta(
@@ -46,6 +53,9 @@ class Settings:
             repeat=True,
         ),
     )
+    max_sessions: int = field(default=32, metadata=_meta(
+        "Most realtime sessions open at once, over every transport (WebSocket, WebRTC, phone calls); "
+        "one more is refused with 429 too_many_sessions. 0 = no limit."))
     max_message_bytes: int = field(
         default=15 * 1024 * 1024, metadata=_meta("Largest client WebSocket message accepted (bytes).")
     )
@@ -201,6 +211,30 @@ class Settings:
     @property
     def auth_required(self) -> bool:
         return bool(self.api_keys)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname: it may resolve to anything
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """What makes these settings unsafe or impossible to serve with (empty = fine)."""
+    problems = []
+    if not is_loopback(settings.host) and not settings.auth_required and not settings.insecure:
+        problems.append(f"--host {settings.host} is reachable from other machines, and no --api-key is set: "
+                        "anyone could use this server. Set --api-key (or VOICEBOT_API_KEYS), or pass "
+                        "--insecure if that is really what you want.")
+    if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
+        problems.append("TLS needs both --ssl-certfile and --ssl-keyfile.")
+    for flag, path in (("--ssl-certfile", settings.ssl_certfile), ("--ssl-keyfile", settings.ssl_keyfile)):
+        if path and not os.path.isfile(path):
+            problems.append(f"{flag} {path}: no such file.")
+    return problems
 
 
 def _env_name(name: str) -> str:

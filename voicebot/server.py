@@ -81,7 +81,8 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
             loaded = await anyio.to_thread.run_sync(loader, settings)
             log.info("engines ready in %.1f s", time.monotonic() - started)
         state = app.state.voicebot = AppState.create(settings, loaded)
-        log.info("voicebot ready on http://%s:%d (voice WebSocket at /v1/realtime)", settings.host, settings.port)
+        scheme = "https" if settings.ssl_certfile else "http"
+        log.info("voicebot ready on %s://%s:%d (voice WebSocket at /v1/realtime)", scheme, settings.host, settings.port)
         try:
             yield
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,26 @@ def test_help_lists_every_setting_with_its_env_var() -> None:
     for f in config.Settings.__dataclass_fields__:
         assert f"VOICEBOT_{f.upper()}" in out  # argparse wraps at spaces, never inside a name
     assert "--api-key" in out and "--no-speculative-replies" in out
+
+
+@pytest.mark.parametrize(("host", "keys", "insecure", "refused"), [
+    ("127.0.0.1", (), False, False), ("::1", (), False, False), ("localhost", (), False, False),
+    ("127.0.0.2", (), False, False), ("0.0.0.0", (), False, True), ("::", (), False, True),
+    ("192.168.1.20", (), False, True), ("voice.example.com", (), False, True),
+    ("0.0.0.0", ("k",), False, False), ("0.0.0.0", (), True, False),
+])
+def test_a_server_reachable_from_elsewhere_needs_a_key_or_insecure(host: str, keys: tuple[str, ...],
+                                                                   insecure: bool, refused: bool) -> None:
+    problems = config.startup_problems(config.from_env({}, host=host, api_keys=keys, insecure=insecure))
+    assert bool(problems) is refused, problems
+    assert all("--insecure" in p for p in problems)
+
+
+def test_tls_needs_both_files_that_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    assert config.startup_problems(config.from_env({}, ssl_certfile=str(cert))) == [
+        "TLS needs both --ssl-certfile and --ssl-keyfile."]
+    missing = config.startup_problems(config.from_env({}, ssl_certfile=str(cert), ssl_keyfile="/nope.pem"))
+    assert missing == ["--ssl-keyfile /nope.pem: no such file."]
+    assert config.startup_problems(config.from_env({}, ssl_certfile=str(cert), ssl_keyfile=str(cert))) == []
