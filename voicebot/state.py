@@ -17,6 +17,7 @@ from voicebot.config import Settings
 from voicebot.conversations import ConversationHub
 from voicebot.core.conversation import Conversation
 from voicebot.engines.base import Engines
+from voicebot.errors import HttpError
 from voicebot.metrics import Metrics
 from voicebot.session import Session
 
@@ -47,6 +48,13 @@ class AppState:
     def queue_depths(self) -> dict[str, int]:
         queues = self.engines.cpu
         return {"asr": queues.asr.waiting, "tts": queues.tts.waiting}
+
+    def admit_session(self) -> None:
+        """Room for one more realtime session, or HttpError 429 (a WebSocket handshake is refused with it)."""
+        limit = self.settings.max_sessions
+        if limit and len(self.sessions) >= limit:
+            raise HttpError(429, f"The server is at its limit of {limit} concurrent sessions; try again later.",
+                            "too_many_sessions")
 
     def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
         """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.

@@ -212,3 +212,27 @@ async def test_a_voice_turn_shows_in_the_metrics(server: ThreadServer) -> None:
     assert 0.25 < v2v < 10, "at least the 300 ms of silence that ended the turn"
     assert after["voicebot_errors_total[('kind', 'item_not_found')]"] >= 1
     assert "voicebot_engine_queue_depth[('queue', 'asr')]" in after
+
+
+# --- limits -----------------------------------------------------------------------------------------
+
+
+async def test_one_session_over_max_sessions_is_refused_with_429() -> None:
+    with ThreadServer(api_keys=(KEY,), max_sessions=2) as limited:
+        async with websockets.connect(limited.url, additional_headers=auth()) as first, \
+                websockets.connect(limited.url, additional_headers=auth()) as second:
+            for ws in (first, second):
+                await recv_until(ws, "session.created")
+            with pytest.raises(InvalidStatus) as refused:
+                async with websockets.connect(limited.url, additional_headers=auth()):
+                    pass
+            assert refused.value.response.status_code == 429
+            assert b"too_many_sessions" in refused.value.response.body
+            offer = httpx.post(f"{limited.http}/v1/realtime/calls", content="v=0", headers={
+                **auth(), "Content-Type": "application/sdp"})
+            assert offer.status_code == 429, offer.text
+        deadline = time.monotonic() + 5
+        while limited.state.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        async with websockets.connect(limited.url, additional_headers=auth()) as again:
+            assert (await recv_until(again, "session.created"))["type"] == "session.created"

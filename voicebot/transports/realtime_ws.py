@@ -94,6 +94,7 @@ class WebSocketSink:
 async def realtime_endpoint(websocket: WebSocket) -> None:
     try:
         state = authorize(websocket, BROWSER)
+        state.admit_session()
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
         await refuse(websocket, err)

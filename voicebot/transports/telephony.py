@@ -356,6 +356,7 @@ async def media_endpoint(websocket: WebSocket) -> None:
         if make is None:
             raise HttpError(404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.", "unknown_carrier")
         state = _authorize_carrier(websocket, carrier)
+        state.admit_session()
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
         await refuse(websocket, err)

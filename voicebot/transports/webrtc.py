@@ -286,6 +286,7 @@ def _check_new_offer(state: AppState, offer: Offer) -> None:
 @json_errors
 async def create_call(request: Request) -> Response:
     state = authorize(request, BROWSER)
+    state.admit_session()
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/sdp":
         raise HttpError(400, f"Content-Type must be application/sdp (got {content_type or 'none'}): "
