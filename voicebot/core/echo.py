@@ -81,7 +81,8 @@ def echo_likeness(mic: Int16Array, speaker: Int16Array) -> float:
         return 0.0
     n = 1 << int(np.ceil(np.log2(r.size + m.size)))
     corr = np.fft.irfft(np.fft.rfft(r, n) * np.conj(np.fft.rfft(m, n)), n)[: r.size - m.size + 1]
-    windows = np.convolve(r * r, np.ones(m.size), "valid")  # the reference's energy at each lag
+    energy = np.concatenate(([0.0], np.cumsum(r * r)))
+    windows = energy[m.size :] - energy[: r.size - m.size + 1]  # the reference's energy at each lag
     score = np.abs(corr) / np.sqrt(m_energy * np.maximum(windows, 1e-9))
     return float(min(1.0, score.max()))
 
