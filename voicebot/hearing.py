@@ -134,9 +134,7 @@ class Hearing:
         self._echo_path_checked_ms = end
         if self._endpointer.in_speech:
             return
-        _, speaker = self._echo
-        mic = self.buffer.slice(end - window_ms, end)
-        reference = speaker.window(self._raw_end, mic.size + ECHO_MAX_LAG_SAMPLES)
+        mic, reference = self._mic_and_reference(end - window_ms, end)
         speaker_db = level_dbfs(int16_to_float32(reference))
         if speaker_db >= SPEAKER_PLAYING_DBFS:
             heard = self.echo_path.heard
@@ -145,15 +143,21 @@ class Hearing:
                 log.debug("the microphone %s the speaker: turn detection hears %s", "hears" if not heard else
                           "does not hear", "the echo canceller's output" if not heard else "the microphone")
 
-    def _echo_likeness(self, from_ms: float, to_ms: float) -> float:
-        """How much the raw microphone from ``from_ms`` to ``to_ms`` is what the speaker played."""
-        if self._echo is None:
-            return 0.0
+    def _mic_and_reference(self, from_ms: float, to_ms: float) -> tuple[Int16Array, Int16Array]:
+        """The raw microphone from ``from_ms`` to ``to_ms``, and what the speaker played over that
+        stretch and the echo path's delay before it."""
+        assert self._echo is not None
         _, speaker = self._echo
         # The buffer holds the microphone as it came (before cancelling); its end was captured at _raw_end.
         mic = self.buffer.slice(from_ms, to_ms)
         end_s = self._raw_end - (self.buffer.end_ms - to_ms) / 1000
-        return echo_likeness(mic, speaker.window(end_s, mic.size + ECHO_MAX_LAG_SAMPLES))
+        return mic, speaker.window(end_s, mic.size + ECHO_MAX_LAG_SAMPLES)
+
+    def _echo_likeness(self, from_ms: float, to_ms: float) -> float:
+        """How much the raw microphone from ``from_ms`` to ``to_ms`` is what the speaker played."""
+        if self._echo is None:
+            return 0.0
+        return echo_likeness(*self._mic_and_reference(from_ms, to_ms))
 
     def _voice_onset(self, vad_onset_ms: float) -> float:
         """Where an interruption's voice began in the raw microphone.

@@ -74,11 +74,12 @@ class ResponseContext:
     def history(self, instructions: str, *, conversation: Conversation | None = None, before: str | None = None,
                 pending: str | None = None) -> list[ChatMessage]:
         """The conversation for the LLM, fitted into its context as the session's ``truncation`` says."""
+        history = conversation or self.conversation
         ratio = self.config().retention_ratio
-        budget = None if ratio is None else self.settings.history_budget_tokens
-        return (conversation or self.conversation).chat_messages(
-            instructions, before=before, pending=pending, budget_tokens=budget,
-            retention_ratio=ratio or 1.0)
+        if ratio is None:  # truncation "disabled": all of it
+            return history.chat_messages(instructions, before=before, pending=pending)
+        return history.chat_messages(instructions, before=before, pending=pending,
+                                     budget_tokens=self.settings.history_budget_tokens, retention_ratio=ratio)
 
 
 @dataclass

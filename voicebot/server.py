@@ -41,10 +41,16 @@ def _default_loader(settings: Settings) -> Engines:
     return load_engines(settings)
 
 
+def _loaded_state(request: Request) -> AppState | None:
+    """The app's state once the lifespan has built it (None while the models load)."""
+    state = getattr(request.app.state, "voicebot", None)
+    return state if isinstance(state, AppState) else None
+
+
 async def healthz(request: Request) -> Response:
     """Alive: the process answers (a load balancer's liveness probe)."""
-    state = getattr(request.app.state, "voicebot", None)
-    if not isinstance(state, AppState):
+    state = _loaded_state(request)
+    if state is None:
         return JSONResponse({"status": "loading"}, status_code=503)
     return JSONResponse({"status": "ok", "sessions": len(state.sessions),
                          "uptime_s": round(time.time() - state.started_at, 1)})
@@ -52,8 +58,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready for new work: models loaded and warmed, not shutting down (a readiness probe)."""
-    state = getattr(request.app.state, "voicebot", None)
-    if not isinstance(state, AppState):
+    state = _loaded_state(request)
+    if state is None:
         return JSONResponse({"status": "loading"}, status_code=503)
     if state.closing:
         return JSONResponse({"status": "shutting_down"}, status_code=503)

@@ -73,7 +73,6 @@ class Session:
         metrics: Metrics | None = None,
     ) -> None:
         self.id = ev.new_id("sess")
-        self.transport = sink.kind
         self.metrics = metrics or Metrics()  # the app's, or one nobody scrapes
         self.engines = engines
         self.settings = settings

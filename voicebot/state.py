@@ -41,7 +41,7 @@ class AppState:
         return state
 
     def sessions_by_transport(self) -> dict[str, int]:
-        counts = Counter(session.transport for session in self.sessions)
+        counts = Counter(session.sink.kind for session in self.sessions)
         counts["sse"] = self.hub.listener_count
         return {kind: counts.get(kind, 0) for kind in ("realtime_ws", "webrtc", "telephony", "sse")}
 

@@ -47,10 +47,10 @@ def fit(messages: Sequence[ChatMessage], budget_tokens: int, dropped: int = 0,
     history = list(messages[len(system):])
     dropped = min(dropped, max(0, len(history) - 1))
     room = budget_tokens - estimate_tokens(system)
-    if estimate_tokens(history[dropped:]) > room:
+    kept = estimate_tokens(history[dropped:])
+    if kept > room:
         target = room * retention_ratio
-        while dropped < len(history) - 1 and (
-            estimate_tokens(history[dropped:]) > target or history[dropped].role != "user"
-        ):
+        while dropped < len(history) - 1 and (kept > target or history[dropped].role != "user"):
+            kept -= estimate_tokens(history[dropped : dropped + 1])
             dropped += 1
     return Fitted(system + history[dropped:], dropped)
