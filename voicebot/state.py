@@ -8,10 +8,11 @@ The server's lifespan builds one :class:`AppState` and puts it at ``app.state.vo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,7 @@ class AppState:
     closing: bool = False  # shutting down: not ready for new work (/readyz, 503 shutting_down)
     #: Realtime WebSockets, each told to close (1001) when a shutdown has let its replies finish.
     sockets: set[Departing] = field(default_factory=set)
+    completions: int = 0  # chat completions being generated (a shutdown lets them finish too)
 
     @classmethod
     def create(cls, settings: Settings, engines: Engines) -> AppState:
@@ -96,8 +98,18 @@ class AppState:
 
     @property
     def replying(self) -> bool:
-        """A reply is being made, or is still being heard, somewhere (voice sessions, text conversations)."""
-        return any(session.replying for session in self.sessions) or self.hub.replying
+        """A reply is being made, or still being heard, somewhere (voice sessions, text conversations,
+        chat completions)."""
+        return bool(self.completions) or any(session.replying for session in self.sessions) or self.hub.replying
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Around a chat completion's generation: a graceful shutdown waits for it."""
+        self.completions += 1
+        try:
+            yield
+        finally:
+            self.completions -= 1
 
     async def drain(self, grace_s: float, *, give_up: Callable[[], bool] = lambda: False) -> None:
         """Graceful shutdown: refuse new work, let the replies in flight finish (at most ``grace_s``,

@@ -57,7 +57,8 @@ def exited_cleanly(server: ServerProcess, signalled_at: float, within_s: float) 
     assert "Traceback" not in log, log[-3000:]
 
 
-async def test_sigterm_closes_websockets_with_1001_ends_sse_streams_and_exits_0() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+async def test_a_signal_closes_websockets_with_1001_ends_sse_streams_and_exits_0(signum: int) -> None:
     server = start_server("--api-key", API_KEY, "--shutdown-grace-s", "10")
     try:
         async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=scaled(60)) as http:
@@ -69,7 +70,7 @@ async def test_sigterm_closes_websockets_with_1001_ends_sse_streams_and_exits_0(
             async with websockets.connect(realtime_url(server), additional_headers=AUTH) as ws:
                 assert json.loads(await ws.recv())["type"] == "session.created"
                 signalled_at = time.monotonic()
-                server.process.send_signal(signal.SIGTERM)
+                server.process.send_signal(signum)
                 received: list[dict[str, Any]] = []
                 closed = await asyncio.wait_for(until_closed(ws, received), scaled(20))
             assert closed.rcvd is not None
