@@ -13,7 +13,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import logging
 import sys
 
 from voicebot import config
@@ -22,7 +21,9 @@ from voicebot import config
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from voicebot import logs
     from voicebot.server import create_app
+    from voicebot.shutdown import serve
 
     settings = config.from_args(args)
     problems = config.startup_problems(settings)
@@ -30,23 +31,23 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"voicebot: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format, config.secrets(settings))
     app = create_app(settings)
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.ssl_certfile or None,
         ssl_keyfile=settings.ssl_keyfile or None,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through ours (format, ids, redaction)
         # Oversized messages up to twice the limit still get a protocol error event; beyond that
         # the socket is closed with 1009 before a byte is buffered.
         ws_max_size=settings.max_message_bytes * 2 + 1024,
         ws_ping_interval=20,
         ws_ping_timeout=20,
-        timeout_graceful_shutdown=5,
     )
-    return 0
+    return serve(app, server_config, settings.shutdown_grace_s)
 
 
 def _models(args: argparse.Namespace) -> int:

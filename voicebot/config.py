@@ -71,6 +71,14 @@ class Settings:
     log_level: str = field(
         default="info", metadata=_meta("Logging level.", choices=("debug", "info", "warning", "error"))
     )
+    log_format: str = field(default="text", metadata=_meta(
+        "Log lines as text (with a [session response] prefix inside a session) or json (one object per line: "
+        "ts, level, logger, message, session_id, response_id, conversation_id, transport, exc_info). Secrets "
+        "and ?token= query strings are redacted either way.", choices=("text", "json")))
+    shutdown_grace_s: float = field(default=10.0, metadata=_meta(
+        "On SIGTERM or Ctrl-C: new connections and requests get 503 shutting_down at once, replies being "
+        "spoken or streamed get this many seconds to finish, then WebSockets close with 1001, SSE streams "
+        "end with a shutdown event and calls hang up. A second Ctrl-C stops at once."))
 
     # Conversation defaults (a client may override per session with session.update)
     instructions: str = field(default=DEFAULT_INSTRUCTIONS, metadata=_meta("Default system prompt."))
@@ -235,6 +243,12 @@ def startup_problems(settings: Settings) -> list[str]:
         if path and not os.path.isfile(path):
             problems.append(f"{flag} {path}: no such file.")
     return problems
+
+
+def secrets(settings: Settings) -> list[str]:
+    """Every configured credential: never to appear in a log line."""
+    turn_passwords = [server.split("@", 1)[0].rpartition(":")[2] for server in settings.ice_servers if "@" in server]
+    return [*settings.api_keys, settings.llm_api_key, settings.twilio_auth_token, *turn_passwords]
 
 
 def _env_name(name: str) -> str:

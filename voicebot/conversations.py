@@ -45,13 +45,18 @@ def conversation_not_found(conversation_id: str) -> HttpError:
     return HttpError(404, f"Conversation '{conversation_id}' does not exist.", "conversation_not_found")
 
 
+def shutdown_frame(reason: str) -> bytes:
+    """The last event of every stream when the server shuts down (docs/protocol.md, "The event stream")."""
+    return sse_frame("shutdown", {"reason": "server_shutting_down", "message": reason[:1].upper() + reason[1:] + "."})
+
+
 # --- listeners --------------------------------------------------------------------------------------
 
 
 class Listener:
     """One SSE reader: a bounded queue of entries and a wake-up event."""
 
-    __slots__ = ("closed", "limit", "overflowed", "pending", "wake")
+    __slots__ = ("closed", "farewell", "limit", "overflowed", "pending", "wake")
 
     def __init__(self, limit: int) -> None:
         self.pending: deque[LogEntry] = deque()
@@ -59,6 +64,7 @@ class Listener:
         self.limit = limit
         self.closed = False
         self.overflowed = False
+        self.farewell: bytes | None = None  # the last frame of an ended stream (the shutdown event)
 
     def push(self, entry: LogEntry) -> bool:
         if self.closed:
@@ -73,7 +79,9 @@ class Listener:
         self.wake.set()
         return True
 
-    def close(self) -> None:
+    def close(self, farewell: bytes | None = None) -> None:
+        if not self.closed:
+            self.farewell = farewell
         self.closed = True
         self.wake.set()
 
@@ -219,12 +227,18 @@ class SharedConversation:
         self.listeners.discard(listener)
         listener.close()
 
-    def sever(self) -> int:
-        """End every stream of this conversation (tests simulate a dropped connection with it)."""
+    def sever(self, farewell: bytes | None = None) -> int:
+        """End every stream of this conversation, each with ``farewell`` as its last frame (tests
+        simulate a dropped connection with none)."""
         listeners, self.listeners = self.listeners, set()
         for listener in listeners:
-            listener.close()
+            listener.close(farewell)
         return len(listeners)
+
+    @property
+    def replying(self) -> bool:
+        """A reply of this conversation is running (any session's), or a text reply is due."""
+        return bool(self._replies.active) or (self._runner is not None and not self._runner.done())
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [item_snapshot(item) for item in self.conversation.items]
@@ -319,6 +333,17 @@ class ConversationHub:
     @property
     def listener_count(self) -> int:
         return sum(len(c.listeners) for c in self._conversations.values())
+
+    @property
+    def replying(self) -> bool:
+        return any(c.replying for c in self._conversations.values())
+
+    def go_away(self, reason: str) -> None:
+        """Shutdown: end every event stream with a last ``shutdown`` event. It has no ``id``: the
+        conversations live in this process only, so there is nothing to resume from elsewhere."""
+        frame = shutdown_frame(reason)
+        for shared in self._conversations.values():
+            shared.sever(frame)
 
     async def close(self) -> None:
         for shared in list(self._conversations.values()):

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from voicebot import logs
 from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import OutputAudio
@@ -230,6 +231,7 @@ class Responses:
         }
 
     async def _run(self, reply: Reply) -> None:
+        logs.bind(response_id=reply.id)  # this task's (and its pipeline's) log lines name the reply
         pipeline = reply.pipeline
         status: str = "completed"
         details: dict[str, Any] | None = None
@@ -340,6 +342,10 @@ class Responses:
         wire["metrics"] = metrics  # voicebot extension: where the time went (demo page, benchmarks)
         self.metrics.append(metrics)
         del self.metrics[:-METRICS_KEPT]
+        # Named explicitly: a barge-in finishes the reply from the session's task, not the reply's.
+        log.info("response %s %s after %.2f s: %d tokens, %d ms of audio", reply.id, status,
+                 time.monotonic() - pipeline.timings.started, pipeline.timings.llm_tokens, round(item.audio_ms),
+                 extra={"response_id": reply.id})
         self.emit(ev.server_event("response.done", response=wire))
 
     async def _prefill_next_turn(self, instructions: str) -> None:

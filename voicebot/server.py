@@ -67,9 +67,10 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format; behind the API key when keys are set (scrapers send a bearer token)."""
+    """Prometheus text format; behind the API key when keys are set (scrapers send a bearer token).
+    Still answered while shutting down: the last scrape sees the drain."""
     try:
-        state = authorize(request)
+        state = authorize(request, new_work=False)
     except HttpError as err:
         return error_response(err)
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -24,6 +24,7 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
 
+from voicebot import logs
 from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat, InputAudio, int16_to_float32
@@ -79,6 +80,10 @@ class Session:
         self.sink = sink
         self.model = model
         self.conversation = conversation or Conversation(ev.new_id("conv"))
+        #: On every log line of this session: bound in the transport's task that builds it (so its
+        #: own lines carry them) and in every task the session starts.
+        self.log_ids = {"session_id": self.id, "conversation_id": self.conversation.id, "transport": sink.kind}
+        logs.bind(**self.log_ids)
         self.config = self._fixed_media(config or SessionConfig(
             instructions=self.conversation.instructions or settings.instructions))
         self.playout = PlayoutClock(settings.output_lead_ms if output_lead_ms is None else output_lead_ms)
@@ -99,6 +104,7 @@ class Session:
         #: One LLM request of this session at a time (see ResponseContext.llm_lock).
         self.llm_lock = asyncio.Lock()
         self._closed = False
+        self._started_at: float | None = None  # start(): a headless session is never started
         self._speech_ended_at: float | None = None  # monotonic end of the voice turn being answered
         self.responses = Responses(ResponseContext(
             session_id=self.id, engines=engines, settings=settings, conversation=self.conversation,
@@ -140,6 +146,8 @@ class Session:
                 self.metrics.stage(stage, mark - speech_end)
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
+        log.info("session started (%s, conversation %s)", self.sink.kind, self.conversation.id)
         self.emit(ev.server_event("session.created", session=self.session_wire()))
 
     async def close(self) -> None:
@@ -147,13 +155,21 @@ class Session:
         if not self._closed:
             self._closed = True
             self._carry_out(self.turns.interrupted(output_playing=self._output_playing()), "session_closed")
+            if self._started_at is not None:
+                log.info("session closed after %.1f s", time.monotonic() - self._started_at,
+                         extra={"session_id": self.id})
         await self._tasks.cancel_all(CLOSE_TIMEOUT_S)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        return self._tasks.spawn(coro, name)
+        return self._tasks.spawn(coro, name, logs.context(**self.log_ids))
 
     def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         self.emit(ev.error_event(ProtocolError(f"Internal error: {exc}", code="server_error", type="server_error")))
+
+    @property
+    def replying(self) -> bool:
+        """A reply is being made, or the listener is still hearing one (a graceful shutdown waits)."""
+        return self.responses.active is not None or self._output_playing()
 
     @property
     def active_tasks(self) -> int:

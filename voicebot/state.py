@@ -7,9 +7,14 @@ The server's lifespan builds one :class:`AppState` and puts it at ``app.state.vo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from voicebot.auth import Authenticator
 from voicebot.calls import CallRegistry
@@ -20,6 +25,21 @@ from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import Metrics
 from voicebot.session import Session
+
+log = logging.getLogger(__name__)
+
+#: How often a draining server looks whether the replies in flight are done.
+DRAIN_POLL_S = 0.1
+#: How long a shutdown waits for the WebSockets and streams it told to end.
+GOODBYE_TIMEOUT_S = 3.0
+#: What a closing WebSocket, a last SSE event and a hung-up call say.
+SHUTDOWN_REASON = "server shutting down"
+
+
+class Departing(Protocol):
+    """A long-lived connection that must be told to end at shutdown (a realtime WebSocket)."""
+
+    def go_away(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -32,7 +52,10 @@ class AppState:
     calls: CallRegistry = field(default_factory=CallRegistry)  # WebRTC and telephony calls
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
-    closing: bool = False  # shutting down: not ready for new work (/readyz)
+    closing: bool = False  # shutting down: not ready for new work (/readyz, 503 shutting_down)
+    #: Realtime WebSockets, each told to close (1001) when a shutdown has let its replies finish.
+    sockets: set[Departing] = field(default_factory=set)
+    completions: int = 0  # chat completions being generated (a shutdown lets them finish too)
 
     @classmethod
     def create(cls, settings: Settings, engines: Engines) -> AppState:
@@ -64,6 +87,54 @@ class AppState:
         if not conversation_id:
             return None
         return self.hub.get(conversation_id).conversation
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """Take no new work: /readyz and every new connection or request answer 503 ``shutting_down``.
+
+        Only a flag, so a signal handler may call it (the drain itself runs on the loop)."""
+        self.closing = True
+
+    @property
+    def replying(self) -> bool:
+        """A reply is being made, or still being heard, somewhere (voice sessions, text conversations,
+        chat completions)."""
+        return bool(self.completions) or any(session.replying for session in self.sessions) or self.hub.replying
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Around a chat completion's generation: a graceful shutdown waits for it."""
+        self.completions += 1
+        try:
+            yield
+        finally:
+            self.completions -= 1
+
+    async def drain(self, grace_s: float, *, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Graceful shutdown: refuse new work, let the replies in flight finish (at most ``grace_s``,
+        or until ``give_up()``: a second Ctrl-C), then end every WebSocket, SSE stream and call."""
+        self.begin_shutdown()
+        started = time.monotonic()
+        deadline = started + grace_s
+        if self.replying:
+            log.info("shutting down: waiting up to %g s for the replies in flight", grace_s)
+        # Polled: "replying" spans every session and conversation, there is no one event to wait on.
+        while self.replying and time.monotonic() < deadline and not give_up():  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self.replying:
+            log.warning("shutting down: replies still running after %.1f s are cut", time.monotonic() - started)
+        log.info("shutting down: closing %d session(s), %d call(s), %d event stream(s)", len(self.sessions),
+                 len(self.calls.live), self.hub.listener_count)
+        for socket in list(self.sockets):
+            socket.go_away(SHUTDOWN_REASON)
+        self.hub.go_away(SHUTDOWN_REASON)
+        await self.calls.aclose(SHUTDOWN_REASON)
+        # Until the sockets have closed (the client answers the close frame) and the streams have
+        # sent their last event: the server's own shutdown would cut them with 1012 / mid-frame.
+        deadline = time.monotonic() + GOODBYE_TIMEOUT_S
+        while (self.sockets or self.hub.listener_count) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def aclose(self) -> None:
         """Shutdown: end every call and session, then every conversation stream."""

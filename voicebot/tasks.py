@@ -9,6 +9,7 @@ all when the owner ends, so nothing outlives it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,8 +26,9 @@ class OwnedTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.owner}:{name}")
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str,
+              context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.owner}:{name}", context=context)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task

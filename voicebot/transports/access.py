@@ -44,12 +44,16 @@ EVENT_STREAM = Access(query_token=True)
 CARRIER = Access(query_token=True, query_api_key=True)
 
 
-def app_state(conn: HTTPConnection) -> AppState:
-    """The state of the app serving this request; 503 while the models are still loading."""
+def app_state(conn: HTTPConnection, *, new_work: bool = True) -> AppState:
+    """The state of the app serving this request; 503 while the models are still loading, and 503
+    ``shutting_down`` for new work once a shutdown has begun (``new_work=False``: a scrape, a hangup)."""
     state = getattr(conn.app.state, "voicebot", None)
     if not isinstance(state, AppState):
         raise HttpError(503, "The server is still loading its models; try again shortly.", "not_ready",
                         type="server_error")
+    if state.closing and new_work:
+        raise HttpError(503, "The server is shutting down; connect to another instance or try again shortly.",
+                        "shutting_down", type="server_error")
     return state
 
 
@@ -58,9 +62,11 @@ def check_origin(conn: HTTPConnection, state: AppState) -> None:
         raise HttpError(403, "This Origin is not allowed to connect.", "origin_not_allowed")
 
 
-def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | None = None) -> AppState:
-    """The app state if ``conn`` may use this endpoint; raises HttpError 401/403 otherwise."""
-    state = app_state(conn)
+def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | None = None,
+              new_work: bool = True) -> AppState:
+    """The app state if ``conn`` may use this endpoint; raises HttpError 401/403 otherwise (503 while
+    loading, or shutting down unless ``new_work`` is False)."""
+    state = app_state(conn, new_work=new_work)
     if access.check_origin:
         check_origin(conn, state)
     auth = state.auth

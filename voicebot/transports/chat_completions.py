@@ -96,27 +96,29 @@ def _limits(settings: Settings, body: ChatRequest) -> tuple[int, float]:
 
 
 async def _stream(llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int, temperature: float,
-                  chunks: _Chunks, include_usage: bool) -> AsyncGenerator[bytes, None]:
+                  chunks: _Chunks, include_usage: bool,
+                  in_flight: contextlib.AbstractContextManager[None]) -> AsyncGenerator[bytes, None]:
     stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature)
     tokens = 0
     # Closed when the client leaves (the response cancels us) or we are done: the LLM stops now.
-    async with contextlib.aclosing(stream):
-        # The role chunk leaves with the first token (one write instead of two on the TTFT path);
-        # headers are already out, so a client still sees the response start at once.
-        head = chunks.role()
-        try:
-            async for piece in stream:
-                tokens += 1
-                yield head + chunks.delta(piece)
-                head = b""
-        except EngineError as err:
-            # Headers are gone already: report in-band, the way the hosted API does (SDKs raise it).
-            yield f"data: {json.dumps(_engine_failure(err).body())}\n\n".encode()
-            return
-        yield head + chunks.finish("length" if tokens >= max_tokens else "stop")
-        if include_usage:
-            yield chunks.usage(tokens)
-        yield DONE
+    with in_flight:
+        async with contextlib.aclosing(stream):
+            # The role chunk leaves with the first token (one write instead of two on the TTFT path);
+            # headers are already out, so a client still sees the response start at once.
+            head = chunks.role()
+            try:
+                async for piece in stream:
+                    tokens += 1
+                    yield head + chunks.delta(piece)
+                    head = b""
+            except EngineError as err:
+                # Headers are gone already: report in-band, the way the hosted API does (SDKs raise it).
+                yield f"data: {json.dumps(_engine_failure(err).body())}\n\n".encode()
+                return
+            yield head + chunks.finish("length" if tokens >= max_tokens else "stop")
+            if include_usage:
+                yield chunks.usage(tokens)
+            yield DONE
 
 
 def _engine_failure(err: EngineError) -> HttpError:
@@ -167,9 +169,11 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         chunks = _Chunks(completion_id, created, body.model)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStreamResponse(_stream(llm, messages, max_tokens, temperature, chunks, include_usage))
+        return EventStreamResponse(_stream(llm, messages, max_tokens, temperature, chunks, include_usage,
+                                           state.generating()))
     try:
-        pieces = await _complete(request, llm, messages, max_tokens, temperature)
+        with state.generating():
+            pieces = await _complete(request, llm, messages, max_tokens, temperature)
     except EngineError as err:
         raise _engine_failure(err) from None
     if pieces is None:

@@ -30,6 +30,9 @@ MAX_OUTBOX_EVENTS = 5000
 #: Audio deltas are cut to this length: short enough that a cancel stops output almost at once,
 #: long enough that per-event overhead stays negligible.
 DELTA_MS = 100.0
+#: The close code at shutdown: 1001 "going away" (RFC 6455), what browsers and the SDKs expect of a
+#: server that leaves. No ``error`` event first (the hosted API sends none): the close reason says it.
+GOING_AWAY = 1001
 
 
 class WebSocketSink:
@@ -50,6 +53,7 @@ class WebSocketSink:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
         self.wake = asyncio.Event()
         self.closed = False
+        self.farewell: str | None = None  # set at shutdown: close the socket with 1001 and this reason
 
     def send_event(self, event: ev.ServerEvent) -> None:
         self.outbox.append(event)
@@ -74,6 +78,11 @@ class WebSocketSink:
         self.closed = True
         self.wake.set()
 
+    def go_away(self, reason: str) -> None:
+        """Shutdown: send what is queued, then close the socket with 1001 (going away) and ``reason``."""
+        self.farewell = reason
+        self.close()
+
     async def write(self, websocket: WebSocket) -> None:
         """The writer task: drain the outbox until closed (then flush what is left)."""
         while True:
@@ -86,6 +95,9 @@ class WebSocketSink:
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return
             if self.closed:
+                if self.farewell is not None:  # the reader then sees the client's close and ends
+                    with contextlib.suppress(Exception):
+                        await websocket.close(code=GOING_AWAY, reason=self.farewell)
                 return
             self.wake.clear()
             await self.wake.wait()
@@ -106,6 +118,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     session = Session(state.engines, state.settings, sink, conversation=conversation,
                       model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics)
     state.sessions.add(session)
+    state.sockets.add(sink)
     writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer")
     try:
         session.start()
@@ -113,6 +126,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     finally:
         await session.close()
         state.sessions.discard(session)
+        state.sockets.discard(sink)
         sink.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=2)

@@ -135,6 +135,8 @@ async def _event_stream(shared: SharedConversation, last_event_id: int | None, r
                 # Everything queued goes out in one write: a burst of deltas costs one syscall.
                 yield b"".join(entry.frame for entry in entries)
             if listener.closed:
+                if listener.farewell is not None:
+                    yield listener.farewell
                 return
     finally:
         shared.unsubscribe(listener)

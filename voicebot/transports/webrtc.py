@@ -338,8 +338,8 @@ def _call_or_error(state: AppState, call_id: str) -> RtcCall:
 
 @json_errors
 async def hangup(request: Request) -> Response:
-    """``POST /v1/realtime/calls/{call_id}/hangup``, as in the hosted API."""
-    state = authorize(request, BROWSER)
+    """``POST /v1/realtime/calls/{call_id}/hangup``, as in the hosted API (also while shutting down)."""
+    state = authorize(request, BROWSER, new_work=False)
     call = _call_or_error(state, request.path_params["call_id"])
     await state.calls.end(call, "hung up")
     return Response(status_code=200)
