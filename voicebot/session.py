@@ -57,8 +57,9 @@ MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 #: After this long, close() logs the tasks that are still stopping (engine threads check a stop
 #: flag) and goes on waiting for them: a session ends after its last task.
 CLOSE_TIMEOUT_S = 5.0
-#: A reply waits at most this long for the user turns before it to be transcribed.
-TRANSCRIPTS_TIMEOUT_S = 30.0
+#: A reply waits for the user turns before it to be transcribed at most the ASR's own bound
+#: (--engine-timeout-s, which fails the transcription) plus this, so that bound decides first.
+TRANSCRIPTS_GRACE_S = 5.0
 
 
 class Session:
@@ -380,10 +381,12 @@ class Session:
         (an answer to a turn nobody heard would be a guess)."""
         pending = list(self.transcriptions.values())
         if pending:
-            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=TRANSCRIPTS_TIMEOUT_S)
+            timeout = (self.settings.engine_timeout_s if self.settings.engine_timeout_s > 0 else 30.0) \
+                + TRANSCRIPTS_GRACE_S
+            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=timeout)
             if late:  # a stalled ASR must not stall the conversation: answer with what is there
                 log.warning("session %s: %d transcription(s) still running after %.0f s; replying without them",
-                            self.id, len(late), TRANSCRIPTS_TIMEOUT_S)
+                            self.id, len(late), timeout)
         failures, self._asr_failures = self._asr_failures, {}
         if failures:
             raise next(iter(failures.values()))
