@@ -110,6 +110,17 @@ class Settings:
     )
     llm_model: str = field(default="", metadata=_meta("Model name for the remote LLM endpoint."))
     llm_api_key: str = field(default="", metadata=_meta("API key for the remote LLM endpoint."))
+    llm_retries: int = field(default=2, metadata=_meta(
+        "Retries of a remote LLM request that could not connect or got HTTP 429/5xx, before its first "
+        "token only (with exponential backoff); then the response fails with llm_failed."))
+    engine_timeout_s: float = field(default=30.0, metadata=_meta(
+        "Longest one ASR call (a turn's transcription) or one TTS call (a clause) may take, waiting for a "
+        "free worker included; a stalled engine fails the turn with an engine_timeout error."))
+    llm_first_token_timeout_s: float = field(default=30.0, metadata=_meta(
+        "Longest the LLM may take to its first token (prompt evaluation, a remote server's queue and "
+        "connection included); then the response fails with engine_timeout."))
+    llm_token_timeout_s: float = field(default=10.0, metadata=_meta(
+        "Longest gap between two LLM tokens before the response fails with engine_timeout."))
     llm_threads: int = field(default=2, metadata=_meta("CPU threads for the embedded LLM."))
     llm_context: int = field(default=4096, metadata=_meta(
         "Context window (tokens) per conversation: the embedded LLM's size, and what a conversation's "

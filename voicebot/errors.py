@@ -23,7 +23,15 @@ class ModelError(VoicebotError):
 
 
 class EngineError(VoicebotError):
-    """An engine (ASR, LLM, TTS, VAD) failed at run time, e.g. a remote LLM endpoint is down."""
+    """An engine (ASR, LLM, TTS, VAD) failed at run time, e.g. a remote LLM endpoint is down.
+
+    ``code`` is what the client's ``error`` event says: ``asr_failed``, ``llm_failed``,
+    ``tts_failed``, or ``engine_timeout`` for a stall (docs/operations.md "Engine faults").
+    """
+
+    def __init__(self, message: str, *, code: str = "engine_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ProtocolError(VoicebotError):

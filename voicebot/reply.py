@@ -27,6 +27,7 @@ from voicebot.core.events import ServerEvent, server_event
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import Engines
+from voicebot.engines.faults import LLM_FAILED, TTS_FAILED, engine_call
 from voicebot.sink import AudioChunk, OutputSink
 
 #: The first chunk is spoken after this many words even if no comma came yet: the caller hears
@@ -109,6 +110,10 @@ class ReplyPipeline:
     llm_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the session's: one LLM request at a time
     on_audible: Callable[[], None] = lambda: None
     timings: ReplyTimings = field(default_factory=ReplyTimings)
+    #: Stall bounds (None = none): one TTS clause, the LLM's first token, the gap between tokens.
+    engine_timeout_s: float | None = None
+    first_token_timeout_s: float | None = None
+    token_timeout_s: float | None = None
     #: Set when the reply may be heard. Until then the stages think and synthesize but emit
     #: nothing (a speculative reply waiting for the end of the user's turn).
     released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,12 +146,25 @@ class ReplyPipeline:
             stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
                                              temperature=self.temperature)
             async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    if self.timings.llm_first_token is None:
+                while True:
+                    first = self.timings.llm_first_token is None
+                    limit = self.first_token_timeout_s if first else self.token_timeout_s
+                    async with engine_call(LLM_FAILED, self._llm_name(first), limit):
+                        try:
+                            piece = await anext(stream)
+                        except StopAsyncIteration:
+                            break
+                    if first:
                         self.timings.llm_first_token = time.monotonic()
                     self.timings.llm_tokens += 1
                     self.full_text += piece
                     yield piece
+
+    def _llm_name(self, first: bool) -> str:
+        """The LLM as an error message names it: a remote one by its server."""
+        base_url = getattr(self.engines.llm, "base_url", None)
+        name = f"the LLM server at {base_url}" if base_url else "the LLM"
+        return f"{name} (first token)" if first else name
 
     async def _write_text(self) -> None:
         self.item.text = ""
@@ -199,7 +217,8 @@ class ReplyPipeline:
                           audio: asyncio.Queue[tuple[str, Int16Array] | None]) -> None:
         tts = self.engines.tts
         while (clause := await clauses.get()) is not None:
-            samples = await self.engines.cpu.tts.run(self._needed_at(), tts.synthesize, clause)
+            async with engine_call(TTS_FAILED, "the TTS", self.engine_timeout_s):
+                samples = await self.engines.cpu.tts.run(self._needed_at(), tts.synthesize, clause)
             if self.timings.tts_first_audio is None:
                 self.timings.tts_first_audio = time.monotonic()
             if samples.size:

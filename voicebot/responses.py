@@ -177,6 +177,9 @@ class Responses:
             response_id=ev.new_id("resp"), item=item, engines=ctx.engines, messages=[], audio_out=audio_out,
             emit=ctx.emit, max_tokens=max_tokens, llm_lock=ctx.llm_lock,
             temperature=ctx.settings.temperature if temperature is None else temperature,
+            engine_timeout_s=ctx.settings.engine_timeout_s,
+            first_token_timeout_s=ctx.settings.llm_first_token_timeout_s,
+            token_timeout_s=ctx.settings.llm_token_timeout_s,
         )
         reply = Reply(pipeline.response_id, pipeline, c, modalities, p,
                       p.instructions if p.instructions is not None else c.instructions)
@@ -196,7 +199,10 @@ class Responses:
         about (silence_duration - speculate_after + ASR time) sooner; if the user speaks again,
         it is dropped without a trace. Only the LLM/TTS work is spent.
         """
-        transcript = (await asyncio.shield(speculation.task)).strip()
+        try:
+            transcript = (await asyncio.shield(speculation.task)).strip()
+        except Exception:  # the turn's own reply reports a failed transcription (it reuses this one)
+            return
         config = self.ctx.config()
         if not (speculation.live and transcript and config.policy.create_response and self.active is None
                 and self.speculative is None and "audio" in config.output_modalities):
@@ -253,11 +259,13 @@ class Responses:
             status, details = "cancelled", {"type": "cancelled", "reason": reply.cancel_reason}
             raise
         except Exception as exc:
-            errors = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
+            errors = _leaves(exc)
             if not all(isinstance(e, EngineError) for e in errors):
                 log.error("session %s: reply %s failed", self.ctx.session_id, reply.id, exc_info=exc)
+            # The first engine fault names it (asr_failed, llm_failed, tts_failed, engine_timeout).
+            code = next((e.code for e in errors if isinstance(e, EngineError)), "engine_error")
             failure = ProtocolError("The response failed: " + "; ".join(str(e) for e in errors),
-                                    code="engine_error", type="server_error")
+                                    code=code, type="server_error")
             status = "failed"
             details = {"type": "failed", "error": failure.payload()}
             if reply.public:
@@ -371,3 +379,10 @@ class Responses:
         if reply.task is not None:
             reply.task.cancel()
         self._finish(reply, "cancelled", {"type": "cancelled", "reason": reason})
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions themselves, out of the (nested) groups of the pipeline's task groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -42,6 +42,7 @@ from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import EchoCanceller, Engines
+from voicebot.engines.faults import ASR_FAILED, engine_call
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.hearing import Hearing
 from voicebot.metrics import Metrics
@@ -54,10 +55,12 @@ from voicebot.tasks import OwnedTasks
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
-#: How long close() waits for its tasks after cancelling them (engine threads check a stop flag).
+#: After this long, close() logs the tasks that are still stopping (engine threads check a stop
+#: flag) and goes on waiting for them: a session ends after its last task.
 CLOSE_TIMEOUT_S = 5.0
-#: A reply waits at most this long for the user turns before it to be transcribed.
-TRANSCRIPTS_TIMEOUT_S = 30.0
+#: A reply waits for the user turns before it to be transcribed at most the ASR's own bound
+#: (--engine-timeout-s, which fails the transcription) plus this, so that bound decides first.
+TRANSCRIPTS_GRACE_S = 5.0
 
 
 class Session:
@@ -99,7 +102,10 @@ class Session:
         self.speculation: Speculation | None = None
         self.turn_complete_probability: float | None = None  # the turn model's last verdict
         self._prefill: asyncio.Task[None] | None = None  # new instructions being prefilled
-        self.transcriptions: dict[str, asyncio.Task[str]] = {}
+        #: Item id -> the task that transcribes it and files the result (or the failure).
+        self.transcriptions: dict[str, asyncio.Task[None]] = {}
+        #: Transcriptions that failed since the last reply looked: that reply fails with their error.
+        self._asr_failures: dict[str, EngineError] = {}
         self._tasks = OwnedTasks(self.id, self._task_failed)
         #: One LLM request of this session at a time (see ResponseContext.llm_lock).
         self.llm_lock = asyncio.Lock()
@@ -160,8 +166,8 @@ class Session:
                          extra={"session_id": self.id})
         await self._tasks.cancel_all(CLOSE_TIMEOUT_S)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        return self._tasks.spawn(coro, name, logs.context(**self.log_ids))
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, awaited: bool = False) -> asyncio.Task[Any]:
+        return self._tasks.spawn(coro, name, logs.context(**self.log_ids), awaited=awaited)
 
     def _task_failed(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         self.emit(ev.error_event(ProtocolError(f"Internal error: {exc}", code="server_error", type="server_error")))
@@ -318,7 +324,8 @@ class Session:
         endpoint = self.hearing.endpoint or EndpointConfig()
         # Needed when the pause would end the turn: its silence minus what has passed of it.
         slack_s = max(0, endpoint.silence_duration_ms - endpoint.speculate_after_ms) / 1000
-        task = self.spawn(self._transcribe(self.hearing.speech_audio(), slack_s=slack_s), "speculative-asr")
+        task = self.spawn(self._transcribe(self.hearing.speech_audio(), slack_s=slack_s), "speculative-asr",
+                          awaited=True)
         self.speculation = Speculation(task)
         if self.settings.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
@@ -369,7 +376,7 @@ class Session:
         previous = self.conversation.add(item)
         self.emit(ev.server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id))
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-        self._transcribe_item(item, transcript or self.spawn(self._transcribe(audio), "asr"))
+        self._transcribe_item(item, transcript or self.spawn(self._transcribe(audio), "asr", awaited=True))
         return item
 
     # --- transcription -------------------------------------------------------------------------
@@ -378,32 +385,41 @@ class Session:
         """The text of ``audio``; ``slack_s`` = how long until someone waits for it (the server's
         ASR queue serves the most urgent first)."""
         language = (self.config.transcription or {}).get("language") or self.settings.asr_language or None
-        return await self.engines.cpu.asr.run(time.monotonic() + slack_s, self.engines.asr.transcribe,
-                                              int16_to_float32(audio), language)
+        async with engine_call(ASR_FAILED, "the ASR", self.settings.engine_timeout_s + slack_s):
+            return await self.engines.cpu.asr.run(time.monotonic() + slack_s, self.engines.asr.transcribe,
+                                                  int16_to_float32(audio), language)
 
     def _transcribe_item(self, item: Item, task: asyncio.Task[str]) -> None:
-        self.transcriptions[item.id] = task
-        self.spawn(self._finish_transcription(item, task), "asr-result")
+        self.transcriptions[item.id] = self.spawn(self._finish_transcription(item, task), "asr-result")
 
     async def _transcripts_ready(self) -> None:
+        """Until the user turns so far are transcribed; a failed one fails the reply with its error
+        (an answer to a turn nobody heard would be a guess)."""
         pending = list(self.transcriptions.values())
         if pending:
-            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=TRANSCRIPTS_TIMEOUT_S)
+            timeout = (self.settings.engine_timeout_s if self.settings.engine_timeout_s > 0 else 30.0) \
+                + TRANSCRIPTS_GRACE_S
+            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=timeout)
             if late:  # a stalled ASR must not stall the conversation: answer with what is there
                 log.warning("session %s: %d transcription(s) still running after %.0f s; replying without them",
-                            self.id, len(late), TRANSCRIPTS_TIMEOUT_S)
+                            self.id, len(late), timeout)
+        failures, self._asr_failures = self._asr_failures, {}
+        if failures:
+            raise next(iter(failures.values()))
 
     async def _finish_transcription(self, item: Item, task: asyncio.Task[str]) -> None:
         started = time.monotonic()
         try:
             transcript = (await asyncio.shield(task)).strip()
-        except (EngineError, Exception) as exc:
-            log.warning("transcription failed: %s", exc)
+        except Exception as exc:
+            log.warning("session %s: transcription of %s failed: %s", self.id, item.id, exc)
             item.text = ""
+            failure = exc if isinstance(exc, EngineError) else EngineError(str(exc), code=ASR_FAILED)
+            self._asr_failures[item.id] = failure
             if self.config.transcription is not None:
                 self.emit(ev.server_event(
                     "conversation.item.input_audio_transcription.failed", item_id=item.id, content_index=0,
-                    error={"type": "transcription_error", "code": "asr_failed", "message": str(exc)}))
+                    error={"type": "transcription_error", "code": failure.code, "message": str(exc)}))
             return
         finally:
             self.transcriptions.pop(item.id, None)
@@ -437,7 +453,7 @@ class Session:
                         audio_ms=samples.size * 1000 / ENGINE_RATE)
             previous = self.conversation.add(item, previous_item_id, event_id=event_id)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-            self._transcribe_item(item, self.spawn(self._transcribe(samples), "asr"))
+            self._transcribe_item(item, self.spawn(self._transcribe(samples), "asr", awaited=True))
             return item
         text = part.text if part.text is not None else part.transcript
         if text is None:

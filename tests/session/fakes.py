@@ -8,7 +8,9 @@ with the text. Real-engine behaviour is proven separately in tests/e2e.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -162,3 +164,86 @@ def tone(ms: float, rate: int = 24_000, amplitude: int = 8000) -> bytes:
 
 def silence(ms: float, rate: int = 24_000) -> bytes:
     return np.zeros(int(rate * ms / 1000), "<i2").tobytes()
+
+
+# --- fault injection: engines that raise or hang on their first ``faults`` calls -----------------
+
+#: How long a "hang" lasts at most (a stalled engine the turn must not wait for; bounded so the
+#: worker thread ends within the test).
+HANG_S = 5.0
+
+
+class _Faults:
+    """``mode``: "raise" or "hang"; the first ``faults`` calls misbehave, the rest work."""
+
+    def __init__(self, mode: str, faults: int = 1) -> None:
+        assert mode in ("raise", "hang")
+        self.mode = mode
+        self.faults = faults
+        self.release = threading.Event()  # ends a hang early (test teardown)
+
+    def strike(self) -> bool:
+        if self.faults <= 0:
+            return False
+        self.faults -= 1
+        return True
+
+    def misbehave(self, what: str) -> None:
+        """In a worker thread."""
+        if self.mode == "raise":
+            raise RuntimeError(f"injected {what} fault")
+        self.release.wait(HANG_S)
+
+    async def amisbehave(self, what: str) -> None:
+        if self.mode == "raise":
+            raise RuntimeError(f"injected {what} fault")
+        await asyncio.sleep(HANG_S)
+
+
+class FaultyAsr(ScriptedAsr):
+    def __init__(self, mode: str, faults: int = 1, transcripts: Sequence[str] = ("hello there",)) -> None:
+        super().__init__(transcripts)
+        self.fault = _Faults(mode, faults)
+
+    def transcribe(self, audio: Float32Array, language: str | None = None) -> str:
+        if self.fault.strike():
+            self.fault.misbehave("ASR")
+        return super().transcribe(audio, language)
+
+
+class FaultyLlm(SlowLlm):
+    """``where``: "first" = before the first token, "mid" = after a few tokens."""
+
+    def __init__(self, mode: str, where: str = "first", faults: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fault = _Faults(mode, faults)
+        self.where = where
+
+    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int,
+                     temperature: float) -> AsyncIterator[str]:
+        faulty = self.fault.strike()
+        if faulty and self.where == "first":
+            self.requests.append(list(messages))
+            await self.fault.amisbehave("LLM")
+        async for i, piece in _enumerate(super().stream(messages, max_tokens=max_tokens, temperature=temperature)):
+            if faulty and i == 3:
+                await self.fault.amisbehave("LLM")
+            yield piece
+
+
+async def _enumerate(stream: AsyncIterator[str]) -> AsyncIterator[tuple[int, str]]:
+    i = 0
+    async for piece in stream:
+        yield i, piece
+        i += 1
+
+
+class FaultyTts(ToneTts):
+    def __init__(self, mode: str, faults: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fault = _Faults(mode, faults)
+
+    def synthesize(self, text: str) -> Int16Array:
+        if self.fault.strike():
+            self.fault.misbehave("TTS")
+        return super().synthesize(text)

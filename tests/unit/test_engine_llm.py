@@ -116,6 +116,26 @@ async def test_bridge_stops_producer_within_one_piece() -> None:
     assert emitted_after_stop and stream_threads() == []
 
 
+async def test_bridge_holds_a_producer_that_runs_ahead_of_its_consumer() -> None:
+    """Backpressure: a consumer that stops taking pieces stops the producer after max_ahead."""
+    produced: list[int] = []
+
+    def producer(emit: Callable[[str], None], stop: threading.Event) -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            emit(f"t{i}")
+            produced.append(i)
+
+    it = thread_stream(producer, max_ahead=8)
+    assert await anext(it) == "t0"
+    await asyncio.sleep(0.5)  # the producer could have emitted all 10,000 by now
+    assert 8 <= len(produced) <= 10, len(produced)
+    assert [await anext(it) for _ in range(20)] == [f"t{i}" for i in range(1, 21)]
+    await it.aclose()  # a producer blocked in emit sees stop and ends
+    assert stream_threads() == []
+
+
 async def test_bridge_turns_exceptions_into_engine_errors() -> None:
     def producer(emit: Callable[[str], None], stop: threading.Event) -> None:
         emit("partial")
@@ -200,6 +220,34 @@ async def test_closed_model_refuses(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="closed"):
         async for _ in model.stream(user("hi"), max_tokens=2, temperature=0.0):
             pass
+
+
+async def test_generations_beyond_the_slots_wait_and_a_cancelled_waiter_leaves_cleanly(tmp_path: Path) -> None:
+    model = LlamaCppModel(write_tiny_gguf(tmp_path / "t.gguf"), threads=1, context=256, parallel=1,
+                          sampling={"ignore_eos": True})
+    try:
+        first = model.stream(user("one"), max_tokens=200, temperature=0.0)
+        await anext(first)
+        assert model.generating == 1
+        second = model.stream(user("two"), max_tokens=2, temperature=0.0)
+        waiting = asyncio.ensure_future(anext(second))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and model.waiting == 1 and model.generating == 1
+        waiting.cancel()  # e.g. the response was cancelled while it waited
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert model.waiting == 0 and model.generating == 1
+        third = model.stream(user("three"), max_tokens=2, temperature=0.0)
+        third_first = asyncio.ensure_future(anext(third))
+        await asyncio.sleep(0.2)
+        assert not third_first.done()
+        await first.aclose()  # the slot is free: the next in line runs
+        assert isinstance(await asyncio.wait_for(third_first, scaled(30)), str)
+        await third.aclose()
+        assert model.generating == 0 and model.waiting == 0 and model._slots.free == 1
+    finally:
+        model.close()
+    assert stream_threads() == []
 
 
 # -- the real model (one load per module) -------------------------------------------------------

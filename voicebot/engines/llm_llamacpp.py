@@ -20,6 +20,7 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,42 @@ from voicebot.errors import EngineError, ModelError
 log = logging.getLogger(__name__)
 
 WARM_UP_USER_TEXT = "Hello."
+
+
+class Slots:
+    """``n`` places, taken first come first served; waiting is cancellable.
+
+    Not an ``asyncio.Semaphore``: that binds to the first event loop it waits on, and one model
+    outlives loops (tests, tools); each waiter's future here belongs to its own loop.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back()  # handed a place in the same instant: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def give_back(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class LlamaCppModel:
@@ -85,6 +122,11 @@ class LlamaCppModel:
             raise ModelError(f"llama.cpp could not load {model_path}: {exc}") from exc
         self._closed = threading.Event()
         self.generating = 0  # replies being generated right now (any session)
+        self.waiting = 0  # replies waiting for a slot
+        #: Admission: one generation per slot. Without it a burst of replies would each start a
+        #: thread and queue inside llama.cpp, where a cancelled one cannot be taken back; here
+        #: the extra ones wait (cancellably) for a slot, first come first served.
+        self._slots = Slots(self.parallel)
 
     @property
     def listening_address(self) -> str:
@@ -95,17 +137,26 @@ class LlamaCppModel:
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:
         request = self._request(messages, max_tokens, temperature)
-        return self._counted(thread_stream(lambda emit, stop: self._generate(request, emit, stop)))
+        return self._admitted(lambda: thread_stream(lambda emit, stop: self._generate(request, emit, stop)))
 
-    async def _counted(self, stream: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
-        """Counts the replies being generated, so prefills can stay out of their way."""
+    async def _admitted(self, start: Callable[[], AsyncGenerator[str, None]]) -> AsyncGenerator[str, None]:
+        """Waits for a free slot (``parallel``), then generates; counts the replies being
+        generated, so prefills can stay out of their way. Closing or cancelling it while it
+        waits just gives up the place in line: no thread was started."""
+        self.waiting += 1
+        try:
+            await self._slots.take()
+        finally:
+            self.waiting -= 1
         self.generating += 1
         try:
+            stream = start()
             async with contextlib.aclosing(stream):
                 async for piece in stream:
                     yield piece
         finally:
             self.generating -= 1
+            self._slots.give_back()
 
     def _request(self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float) -> dict[str, Any]:
         return {

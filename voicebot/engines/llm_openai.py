@@ -17,21 +17,30 @@ from openai import AsyncOpenAI
 from voicebot.core.types import ChatMessage
 from voicebot.errors import EngineError
 
+#: A loopback or LAN server that does not accept within this is down, not slow.
+CONNECT_TIMEOUT_S = 5.0
+
 
 class OpenAIChatModel:
     """Implements :class:`voicebot.engines.base.LanguageModel` with the official AsyncOpenAI client."""
 
     def __init__(self, base_url: str, model: str, api_key: str = "", *, timeout: float = 30.0,
-                 extra_body: Mapping[str, Any] | None = None) -> None:
+                 retries: int = 2, extra_body: Mapping[str, Any] | None = None) -> None:
         """``extra_body``: server-specific request fields (e.g. llama-server's ``ignore_eos``, vLLM's
-        ``top_k``) sent with every request, the way the ``openai`` client's ``extra_body`` does."""
+        ``top_k``) sent with every request, the way the ``openai`` client's ``extra_body`` does.
+
+        ``timeout`` bounds each read (the wait for the response and each chunk); connecting gets
+        at most ``CONNECT_TIMEOUT_S``. ``retries``: the client's own retries with exponential
+        backoff, on connection errors, timeouts, HTTP 408/409/429 and 5xx — before the stream
+        starts only, so a retry never repeats words already spoken."""
         self.base_url = base_url
         self._extra_body = dict(extra_body or {})
         self.name = model or "default"
         self._model = model or "default"
         # The client requires a key; local servers ignore it.
         self._client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=1
+            base_url=base_url, api_key=api_key or "none",
+            timeout=openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_S)), max_retries=max(0, retries),
         )
 
     async def stream(
@@ -67,9 +76,9 @@ class OpenAIChatModel:
         if isinstance(exc, openai.APIStatusError):
             return f"LLM endpoint {self.base_url} answered HTTP {exc.status_code}: {exc.message}"
         if isinstance(exc, openai.APITimeoutError):
-            return f"LLM endpoint {self.base_url} timed out"
+            return f"the LLM server at {self.base_url} timed out"
         if isinstance(exc, openai.APIConnectionError):
-            return f"cannot reach LLM endpoint {self.base_url}: {exc}"
+            return f"the LLM server at {self.base_url} is unreachable: {exc}"
         return f"LLM endpoint {self.base_url} failed: {exc}"
 
     async def aclose(self) -> None:

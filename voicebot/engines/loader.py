@@ -42,7 +42,8 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
     if settings.llm_base_url:
         from voicebot.engines.llm_openai import OpenAIChatModel
 
-        return OpenAIChatModel(settings.llm_base_url, settings.llm_model, settings.llm_api_key)
+        return OpenAIChatModel(settings.llm_base_url, settings.llm_model, settings.llm_api_key,
+                               timeout=settings.llm_first_token_timeout_s, retries=settings.llm_retries)
     from voicebot.engines.llm_llamacpp import LlamaCppModel
 
     cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()

@@ -6,6 +6,10 @@ with ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``. When the consumer 
 (``aclose()``, ``break`` or task cancellation) a ``threading.Event`` is set; the producer checks
 it once per token, so generation stops within one token, and we then wait for the thread to
 exit: no generation outlives its consumer and no thread leaks.
+
+The queue is bounded: at most ``MAX_AHEAD`` pieces wait for the consumer. A producer that runs
+further ahead blocks in ``emit`` (backpressure on the generating thread) until the consumer
+takes one, or until ``stop`` is set — then its pieces are dropped and it ends.
 """
 
 from __future__ import annotations
@@ -21,18 +25,31 @@ from voicebot.errors import EngineError, VoicebotError
 #: ``producer(emit, stop)``: call ``emit(piece)`` per text piece; return when done or ``stop`` is set.
 Producer = Callable[[Callable[[str], None], threading.Event], None]
 
+#: Pieces the producer may be ahead of its consumer (a reply's worth: a healthy consumer takes
+#: each piece within milliseconds; only a stalled one makes the producer wait).
+MAX_AHEAD = 256
+_POLL_S = 0.1  # how often a blocked producer checks ``stop``
+
 
 @dataclass(frozen=True, slots=True)
 class _End:
     error: BaseException | None = None
 
 
-async def thread_stream(producer: Producer, *, name: str = "voicebot-llm") -> AsyncGenerator[str, None]:
+async def thread_stream(producer: Producer, *, name: str = "voicebot-llm",
+                        max_ahead: int = MAX_AHEAD) -> AsyncGenerator[str, None]:
     """Run ``producer`` in a new thread and yield its pieces as they arrive."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | _End] = asyncio.Queue()
+    queue: asyncio.Queue[str | _End] = asyncio.Queue()  # bounded by ``room``, below
+    room = threading.Semaphore(max_ahead)  # free places in the queue, taken by the thread
     finished = loop.create_future()
     stop = threading.Event()
+
+    def emit(piece: str) -> None:
+        while not room.acquire(timeout=_POLL_S):  # backpressure: wait for the consumer
+            if stop.is_set():
+                return  # nobody will take it
+        put(piece)
 
     def put(item: str | _End) -> None:
         try:
@@ -43,7 +60,7 @@ async def thread_stream(producer: Producer, *, name: str = "voicebot-llm") -> As
     def run() -> None:
         end = _End()
         try:
-            producer(put, stop)
+            producer(emit, stop)
         except BaseException as exc:  # reported to the consumer, never lost in the thread
             end = _End(exc)
         finally:
@@ -57,6 +74,7 @@ async def thread_stream(producer: Producer, *, name: str = "voicebot-llm") -> As
         while True:
             item = await queue.get()
             if isinstance(item, str):
+                room.release()
                 yield item
                 continue
             if item.error is None:

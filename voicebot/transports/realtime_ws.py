@@ -2,8 +2,9 @@
 
 Auth and Origin are checked before the handshake completes (a refused client gets an HTTP 401/403
 with a JSON message, not an open socket). Then one reader (client messages -> Session) and one
-writer (the sink's outbox -> socket) run until either side goes away; the Session is closed in
-``finally`` so no task of it outlives the connection.
+writer (the sink's bounded outbox -> socket) run until either side goes away, one of them fails
+(logged with its traceback) or the outbox overflows (a client that is not reading: close 1008);
+the Session is closed in ``finally`` so no task of it outlives the connection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voicebot import logs
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat
 from voicebot.errors import HttpError, ProtocolError
@@ -24,9 +26,12 @@ from voicebot.transports.access import BROWSER, authorize, refuse
 
 log = logging.getLogger(__name__)
 
-#: A client that stops reading is disconnected rather than buffered without bound. Output is
-#: paced at real time, so a healthy client never comes near this.
+#: The outbox's bound. A client that stops reading (its socket's buffers full, the writer stuck
+#: in a send) is disconnected with close code 1008 "client is not reading" as soon as this many
+#: events wait for it, instead of growing memory. Output is paced at real time and the writer
+#: sends as fast as the socket takes it, so a healthy client never comes near this.
 MAX_OUTBOX_EVENTS = 5000
+SLOW_READER_CLOSE = (1008, "client is not reading")
 #: Audio deltas are cut to this length: short enough that a cancel stops output almost at once,
 #: long enough that per-event overhead stays negligible.
 DELTA_MS = 100.0
@@ -49,18 +54,28 @@ class WebSocketSink:
     holds_output = False  # the client plays (and clears) its own buffer
     kind = "realtime_ws"
 
-    def __init__(self) -> None:
+    def __init__(self, max_outbox: int | None = None) -> None:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
         self.wake = asyncio.Event()
         self.closed = False
         self.farewell: str | None = None  # set at shutdown: close the socket with 1001 and this reason
+        self.max_outbox = max_outbox or MAX_OUTBOX_EVENTS
+        #: Set once the outbox is full: nothing more is queued, the connection is to be closed.
+        self.overflowed = asyncio.Event()
 
     def send_event(self, event: ev.ServerEvent) -> None:
-        self.outbox.append(event)
-        self.wake.set()
+        self._put(event)
 
     def send_audio(self, chunk: AudioChunk) -> None:
-        self.outbox.append(chunk)
+        self._put(chunk)
+
+    def _put(self, entry: ev.ServerEvent | AudioChunk) -> None:
+        if self.overflowed.is_set():
+            return  # the connection is being closed: the client will not see it anyway
+        if len(self.outbox) >= self.max_outbox:
+            self.overflowed.set()
+            return
+        self.outbox.append(entry)
         self.wake.set()
 
     def end_audio(self, response_id: str, item_id: str) -> None:
@@ -119,11 +134,32 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
                       model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics)
     state.sessions.add(session)
     state.sockets.add(sink)
-    writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer")
+    # Three owned tasks, all awaited here: whichever ends first ends the connection, with a reason.
+    # They carry the session's log ids, so what the reader's events cause is logged with them.
+    ids = logs.context(**session.log_ids)
+    writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer", context=ids)
+    reader = asyncio.create_task(_read(websocket, session, state.settings.max_message_bytes),
+                                 name=f"{session.id}:reader", context=ids)
+    overflow = asyncio.create_task(sink.overflowed.wait(), name=f"{session.id}:overflow")
     try:
         session.start()
-        await _read(websocket, session, sink, state.settings.max_message_bytes, writer)
+        await asyncio.wait([reader, writer, overflow], return_when=asyncio.FIRST_COMPLETED)
+        if overflow.done():
+            code, reason = SLOW_READER_CLOSE
+            log.warning("session %s: %d events wait for a client that is not reading; closing with %d",
+                        session.id, len(sink.outbox), code)
+            writer.cancel()  # it may be stuck in a send to the full socket
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await websocket.close(code=code, reason=reason)
+        for task, role in ((reader, "reader"), (writer, "writer")):
+            if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("session %s: the WebSocket %s failed; closing the connection", session.id, role,
+                          exc_info=exc)
     finally:
+        reader.cancel()
+        overflow.cancel()
+        await asyncio.gather(reader, overflow, return_exceptions=True)
         await session.close()
         state.sessions.discard(session)
         state.sockets.discard(sink)
@@ -135,12 +171,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             await writer
 
 
-async def _read(websocket: WebSocket, session: Session, sink: WebSocketSink, limit: int,
-                writer: asyncio.Task[None]) -> None:
-    while not writer.done():
+async def _read(websocket: WebSocket, session: Session, limit: int) -> None:
+    while True:
         try:
             message = await websocket.receive()
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket was closed under us
             return
         if message["type"] == "websocket.disconnect":
             return
@@ -157,7 +192,3 @@ async def _read(websocket: WebSocket, session: Session, sink: WebSocketSink, lim
                 "Binary frames are not supported: send JSON text events.", code="invalid_message")))
             continue
         await session.handle_raw(text)
-        if len(sink.outbox) > MAX_OUTBOX_EVENTS:
-            log.warning("session %s: client is not reading; closing", session.id)
-            await websocket.close(code=1008, reason="client too slow")
-            return

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 KIND = "telephony"
 DTMF_GAP_S = 1.5  # digits typed within this gap are one entry ("1 2 3 4"); '#' ends it at once
 _LOGGED_BAD_FRAMES = 20  # per call at WARNING; the rest at DEBUG (a broken peer must not flood the log)
+#: Frames waiting to be sent are bounded: audio is paced at real time, so this many unsent (10 s)
+#: means the carrier stopped reading (the writer is stuck in a send): the call ends, 1008.
+MAX_UNSENT_FRAMES = 500
 
 
 @dataclass
@@ -99,10 +102,12 @@ class CallBridge:
         self._urgent: deque[Outbound] = deque()  # a clear: sent before any frame still queued
         self._wake = asyncio.Event()
         self._reader: asyncio.Task[str] | None = None
-        self._tasks = OwnedTasks(self.id, lambda task, exc: self.stop(f"internal error in {task.get_name()}: {exc}"))
+        self._tasks = OwnedTasks(self.id, lambda task, exc: self.stop(
+            f"internal error in {task.get_name()}: {type(exc).__name__}: {exc}", 1011))
         self._digits = ""
         self._dtmf_task: asyncio.Task[None] | None = None
         self._gone = False
+        self._close_code = 1001  # going away: the server is shutting down
 
     @property
     def audio_format(self) -> AudioFormat | None:
@@ -113,10 +118,13 @@ class CallBridge:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def stop(self, reason: str) -> None:
-        """End the call from our side (shutdown); idempotent."""
+    def stop(self, reason: str, code: int = 1001) -> None:
+        """End the call from our side (shutdown, a failed task, a carrier not reading); idempotent.
+        The call ends at once: its reader is cancelled and :meth:`run` tears it down."""
         if self.end_reason is None:
             self.end_reason = reason
+            self._close_code = code
+            log.warning("%s call %s: ending it: %s", self.stats.carrier, self.stats.call_id or "?", reason)
         if self._reader is not None:
             self._reader.cancel()
 
@@ -131,7 +139,11 @@ class CallBridge:
             if self.end_reason is None:
                 raise  # our own task was cancelled, not just the reader
             self.stats.ended = self.end_reason
-            close_code = 1001  # going away: the server is shutting down
+            close_code = self._close_code
+        except Exception as exc:  # a bug handling a carrier event: this call ends, with its reason
+            log.error("%s call %s: the reader failed", self.stats.carrier, self.stats.call_id or "?", exc_info=exc)
+            self.end_reason = self.stats.ended = f"internal error: {type(exc).__name__}: {exc}"
+            close_code = 1011
         finally:
             self.end_reason = self.end_reason or self.stats.ended or "closed"
             await self._shutdown()
@@ -242,6 +254,10 @@ class CallBridge:
 
     def send_audio(self, chunk: AudioChunk) -> None:
         assert self.playout is not None
+        if self.playout.queued > MAX_UNSENT_FRAMES:
+            self.stop(f"the carrier is not reading ({self.playout.queued * FRAME_MS / 1000:.0f} s of audio unsent)",
+                      1008)
+            return
         self.playout.push(chunk.item_id, chunk.encoded())
         self._wake.set()
 
@@ -259,7 +275,8 @@ class CallBridge:
         if item is not None and playout.sent_ms.get(item):
             self.stats.truncations.append((item, int(playout.heard_ms.get(item, 0.0))))
         playout.clear()
-        self._urgent.append(self.serializer.clear())
+        if not self._urgent:  # one clear waiting to be sent clears as much as several
+            self._urgent.append(self.serializer.clear())
         self.stats.clears += 1
         self._wake.set()
 

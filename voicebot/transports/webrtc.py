@@ -27,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
@@ -89,9 +91,9 @@ class RtcCall:
         self._tasks = OwnedTasks(self.id, lambda task, exc: self.stop(f"internal error in {task.get_name()}: {exc}"))
         self._has_reader = False
         self._torn_down = False
-        self.pc.on("connectionstatechange", self._on_connection_state)
-        self.pc.on("datachannel", self._on_datachannel)
-        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._guarded(self._on_connection_state))
+        self.pc.on("datachannel", self._guarded(self._on_datachannel))
+        self.pc.on("track", self._guarded(self._on_track))
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -116,6 +118,17 @@ class RtcCall:
         if self.end_reason is None:
             self.end_reason = reason
         self._wake.set()
+
+    def _guarded(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """An aiortc event handler whose exception ends this call with the reason (logged), instead of
+        escaping into aiortc's event emitter, where it would be lost or kill aiortc's own task."""
+        def run(*args: Any) -> None:
+            try:
+                handler(*args)
+            except Exception as exc:
+                log.error("call %s: %s failed", self.id, handler.__name__, exc_info=exc)
+                self.stop(f"internal error in {handler.__name__}: {type(exc).__name__}: {exc}")
+        return run
 
     async def run(self) -> None:
         """Supervise the call until it ends, then tear it down. The registry owns this task."""
@@ -153,7 +166,7 @@ class RtcCall:
                     await self.pc.close()
             except Exception:
                 log.exception("call %s: closing the peer connection failed", self.id)
-            await self._tasks.cancel_all()
+            await self._tasks.cancel_all(5.0)
             log.info("call %s ended: %s", self.id, self.end_reason)
 
     def _on_connection_state(self) -> None:
@@ -173,10 +186,10 @@ class RtcCall:
         self._tasks.spawn(self._read_microphone(track), "microphone")
 
     async def _read_microphone(self, track: MediaStreamTrack) -> None:
-        try:
-            await read_track(track, self._on_audio)
-        finally:
-            self.stop("the peer's audio track ended")
+        # A failure is the owned task's: it ends the call with its own reason (OwnedTasks), which
+        # a catch-all "track ended" here would have hidden.
+        await read_track(track, self._on_audio)
+        self.stop("the peer's audio track ended")
 
     def _on_audio(self, pcm: bytes, fmt: AudioFormat) -> None:
         self.last_media = time.monotonic()
@@ -189,8 +202,8 @@ class RtcCall:
             log.info("call %s: ignoring data channel %r", self.id, channel.label)
             return
         self.channel = channel
-        channel.on("message", self._on_message)
-        channel.on("open", self._flush_pending)
+        channel.on("message", self._guarded(self._on_message))
+        channel.on("open", self._guarded(self._flush_pending))
         self._tasks.spawn(self._read_events(), "events")
         if channel.readyState == "open":
             self._flush_pending()
@@ -222,7 +235,10 @@ class RtcCall:
         text = ev.dumps(event)
         channel = self.channel
         if channel is not None and channel.readyState == "open":
-            channel.send(text)
+            try:
+                channel.send(text)
+            except Exception as exc:  # the channel broke under us: the call cannot go on without it
+                self.stop(f"the data channel failed: {type(exc).__name__}: {exc}")
         elif not self._torn_down and len(self._pending) < MAX_PENDING_EVENTS:
             self._pending.append(text)
 
