@@ -16,6 +16,7 @@ from voicebot.calls import CallRegistry
 from voicebot.config import Settings
 from voicebot.conversations import ConversationHub
 from voicebot.core.conversation import Conversation
+from voicebot.core.ratelimit import RateLimiter
 from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import Metrics
@@ -33,10 +34,14 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     closing: bool = False  # shutting down: not ready for new work (/readyz)
+    limiter: RateLimiter | None = None  # --rate-limit-per-minute (None = no limit)
 
     @classmethod
     def create(cls, settings: Settings, engines: Engines) -> AppState:
         state = cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+        state.hub.in_use = state.conversations_in_use
+        if settings.rate_limit_per_minute > 0:
+            state.limiter = RateLimiter(settings.rate_limit_per_minute)
         state.metrics.watch(state.sessions_by_transport, state.queue_depths)
         return state
 
@@ -44,6 +49,10 @@ class AppState:
         counts = Counter(session.sink.kind for session in self.sessions)
         counts["sse"] = self.hub.listener_count
         return {kind: counts.get(kind, 0) for kind in ("realtime_ws", "webrtc", "telephony", "sse")}
+
+    def conversations_in_use(self) -> set[str]:
+        """The conversations live voice sessions are on: never expired while a session is there."""
+        return {session.conversation.id for session in self.sessions}
 
     def queue_depths(self) -> dict[str, int]:
         queues = self.engines.cpu
