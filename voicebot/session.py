@@ -78,7 +78,10 @@ class Session:
         self.settings = settings
         self.sink = sink
         self.model = model
-        self.conversation = conversation or Conversation(ev.new_id("conv"))
+        self.conversation = conversation or Conversation(ev.new_id("conv"), max_items=settings.max_conversation_items,
+                                                         max_bytes=settings.max_conversation_bytes)
+        # Items evicted by the conversation's caps: the client's copy of the history follows.
+        self._unwatch = self.conversation.subscribe(self._conversation_changed)
         self.config = self._fixed_media(config or SessionConfig(
             instructions=self.conversation.instructions or settings.instructions))
         self.playout = PlayoutClock(settings.output_lead_ms if output_lead_ms is None else output_lead_ms)
@@ -142,9 +145,14 @@ class Session:
     def start(self) -> None:
         self.emit(ev.server_event("session.created", session=self.session_wire()))
 
+    def _conversation_changed(self, kind: str, item: Item) -> None:
+        if kind == "evicted":
+            self.emit(ev.server_event("conversation.item.deleted", item_id=item.id))
+
     async def close(self) -> None:
         """End the reply (cut to what was heard), cancel and await every task; idempotent."""
         if not self._closed:
+            self._unwatch()
             self._closed = True
             self._carry_out(self.turns.interrupted(output_playing=self._output_playing()), "session_closed")
         await self._tasks.cancel_all(CLOSE_TIMEOUT_S)
