@@ -7,6 +7,8 @@ an authenticated request (so a web page never holds the long-lived key).
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import hmac
 import secrets
 import time
@@ -17,6 +19,13 @@ KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 TOKEN_PREFIX = "ek_"
 
 
+@dataclass(frozen=True, slots=True)
+class _Token:
+    expires_at: float
+    scope: str | None
+    owner: str | None  # who minted it (an API key's :func:`key_id`), for the rate limit
+
+
 @dataclass
 class ClientTokens:
     """Ephemeral tokens (``ek_…``): random, stored with an expiry, valid until then.
@@ -24,30 +33,49 @@ class ClientTokens:
     A token may carry a ``scope`` (e.g. ``conversation:<id>`` for an EventSource URL): a scoped
     token is accepted only where that scope is asked for, so a token that leaks from a URL into a
     proxy log can read one conversation's events and nothing else. Unscoped tokens work anywhere.
+
+    Expired tokens are purged whenever a token is minted or checked (a heap of expiries: each
+    call pops only what has expired), so memory holds only the live ones whatever the traffic.
     """
 
     ttl_s: float = 600.0
-    _tokens: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    _tokens: dict[str, _Token] = field(default_factory=dict)
+    _expiries: list[tuple[float, str]] = field(default_factory=list)  # a heap, soonest first
 
     def mint(self, ttl_s: float | None = None, now: float | None = None,
-             scope: str | None = None) -> tuple[str, float]:
+             scope: str | None = None, owner: str | None = None) -> tuple[str, float]:
         now = time.time() if now is None else now
-        self._expire(now)
+        self.purge(now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         expires_at = now + (self.ttl_s if ttl_s is None else ttl_s)
-        self._tokens[token] = (expires_at, scope)
+        self._tokens[token] = _Token(expires_at, scope, owner)
+        heapq.heappush(self._expiries, (expires_at, token))
         return token, expires_at
 
-    def valid(self, token: str, now: float | None = None, scope: str | None = None) -> bool:
+    def _live(self, token: str, now: float | None) -> _Token | None:
         now = time.time() if now is None else now
+        self.purge(now)
         entry = self._tokens.get(token)
-        if entry is None or entry[0] <= now:
-            return False
-        return entry[1] is None or entry[1] == scope
+        return entry if entry is not None and entry.expires_at > now else None
 
-    def _expire(self, now: float) -> None:
-        for token in [t for t, (exp, _) in self._tokens.items() if exp <= now]:
-            del self._tokens[token]
+    def valid(self, token: str, now: float | None = None, scope: str | None = None) -> bool:
+        entry = self._live(token, now)
+        return entry is not None and (entry.scope is None or entry.scope == scope)
+
+    def owner(self, token: str, now: float | None = None) -> str | None:
+        """Who minted a live token (None for an unknown or expired one, or one minted without a key)."""
+        entry = self._live(token, now)
+        return None if entry is None else entry.owner
+
+    def purge(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, token = heapq.heappop(expiries)
+            self._tokens.pop(token, None)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
 
 
 @dataclass
@@ -72,6 +100,20 @@ class Authenticator:
         if candidate is None:
             return False
         return self.is_api_key(candidate) or self.tokens.valid(candidate)
+
+    def principal(self, candidate: str | None) -> str | None:
+        """Whose request this is, for the rate limit: an API key's :func:`key_id`, the minting key's
+        for a client token, None for no credential, a wrong one, or a token minted without a key."""
+        if not candidate:
+            return None
+        if self.is_api_key(candidate):
+            return key_id(candidate)
+        return self.tokens.owner(candidate)
+
+
+def key_id(key: str) -> str:
+    """A name for an API key that is not the key (rate-limit buckets, logs)."""
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:

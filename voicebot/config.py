@@ -48,14 +48,20 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(
         default=(),
         metadata=_meta(
-            "Browser Origins allowed to open WebSockets (besides same-origin). Repeatable; "
-            "'*' allows any. Requests without an Origin header (non-browsers) are always allowed.",
+            "Browser Origins allowed to open WebSockets and to call the HTTP API (CORS) besides "
+            "same-origin. Repeatable; '*' allows any. Requests without an Origin header (non-browsers) "
+            "are always allowed.",
             repeat=True,
         ),
     )
     max_sessions: int = field(default=32, metadata=_meta(
         "Most realtime sessions open at once, over every transport (WebSocket, WebRTC, phone calls); "
         "one more is refused with 429 too_many_sessions. 0 = no limit."))
+    rate_limit_per_minute: int = field(default=600, metadata=_meta(
+        "HTTP API requests (and WebSocket handshakes) per minute per API key (a client token counts for "
+        "the key that minted it) or, without a valid credential, per client IP; more get 429 "
+        "rate_limit_exceeded with Retry-After. /healthz, /readyz, /metrics and the page are not counted. "
+        "0 = no limit."))
     max_message_bytes: int = field(
         default=15 * 1024 * 1024, metadata=_meta("Largest client WebSocket message accepted (bytes).")
     )
@@ -155,7 +161,18 @@ class Settings:
     max_text_bytes: int = field(
         default=256 * 1024, metadata=_meta("Largest JSON body of the HTTP text API (chat completions, messages).")
     )
-    max_conversations: int = field(default=10_000, metadata=_meta("Conversations kept in memory at once."))
+    max_conversations: int = field(default=10_000, metadata=_meta(
+        "HTTP conversations kept in memory at once; one more is refused with 429 too_many_conversations "
+        "(idle ones expire: --conversation-idle-ttl-s)."))
+    conversation_idle_ttl_s: float = field(default=3600.0, metadata=_meta(
+        "An HTTP conversation with no request, no event stream and no voice session on it for this many "
+        "seconds is forgotten (then 404 conversation_not_found). 0 = never."))
+    max_conversation_items: int = field(default=2000, metadata=_meta(
+        "Items one conversation keeps (any transport); past it the oldest non-system items are evicted "
+        "(conversation.item.deleted). 0 = no cap."))
+    max_conversation_bytes: int = field(default=8 * 1024 * 1024, metadata=_meta(
+        "Text (UTF-8 bytes of messages and transcripts) one conversation keeps; past it the oldest "
+        "non-system items are evicted, and one item larger than this alone is refused. 0 = no cap."))
 
     # Telephony (docs/telephony.md)
     public_url: str = field(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +143,7 @@ class SharedConversation:
         self._runner: asyncio.Task[None] | None = None
         self._want_reply = False
         self._unsubscribe = conversation.subscribe_events(self._on_event)
+        self.last_active = time.monotonic()  # the last request, event or listener leaving (idle expiry)
 
     @property
     def id(self) -> str:
@@ -149,7 +151,16 @@ class SharedConversation:
 
     # --- publishing ----------------------------------------------------------------------------
 
+    def touch(self) -> None:
+        self.last_active = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        """Nobody listening and no text reply running (voice sessions are the hub's to check)."""
+        return not self.listeners and (self._runner is None or self._runner.done())
+
     def publish(self, event: str, data: dict[str, Any]) -> LogEntry:
+        self.last_active = time.monotonic()
         entry = self.log.append(event, data)
         for listener in list(self.listeners):
             if not listener.push(entry):
@@ -226,6 +237,7 @@ class SharedConversation:
     def unsubscribe(self, listener: Listener) -> None:
         self.listeners.discard(listener)
         listener.close()
+        self.touch()  # idle from the moment the last reader left, not from its last event
 
     def sever(self, farewell: bytes | None = None) -> int:
         """End every stream of this conversation, each with ``farewell`` as its last frame (tests
@@ -304,27 +316,46 @@ class SharedConversation:
 
 
 class ConversationHub:
-    """Every shared conversation of the process: created over HTTP, attached to by voice sessions."""
+    """Every shared conversation of the process: created over HTTP, attached to by voice sessions.
 
-    def __init__(self, settings: Settings, engines: Engines) -> None:
+    A conversation nobody has used for ``--conversation-idle-ttl-s`` — no request, no event, no
+    event stream open, no voice session on it, no reply running — is forgotten: by a sweep the
+    hub runs every quarter of the TTL (and at once when a create finds the hub full), and a
+    request for it answers 404 even before the sweep comes. So ``--max-conversations`` bounds
+    the conversations in use, not every conversation ever created.
+    """
+
+    def __init__(self, settings: Settings, engines: Engines,
+                 in_use: Callable[[], Collection[str]] = frozenset) -> None:
         self.settings = settings
         self.engines = engines
+        #: The ids of the conversations live voice sessions are on (AppState knows its sessions).
+        self.in_use = in_use
         self._conversations: dict[str, SharedConversation] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # expired conversations being closed
 
     def create(self, instructions: str | None = None) -> SharedConversation:
         if len(self._conversations) >= self.settings.max_conversations:
+            self.sweep()
+        if len(self._conversations) >= self.settings.max_conversations:
             raise HttpError(429, f"This server holds its maximum of {self.settings.max_conversations} "
                             "conversations.", "too_many_conversations")
-        conversation = Conversation(ev.new_id("conv"), instructions)
+        conversation = Conversation(ev.new_id("conv"), instructions, max_items=self.settings.max_conversation_items,
+                                    max_bytes=self.settings.max_conversation_bytes)
         shared = SharedConversation(conversation, self.settings, self.engines)
         self._conversations[conversation.id] = shared
+        self._start_sweeper()
         return shared
 
     def get(self, conversation_id: str) -> SharedConversation:
-        """The conversation, or the 404 every transport answers for an unknown id."""
+        """The conversation, or the 404 every transport answers for an unknown (or expired) id."""
         shared = self._conversations.get(conversation_id)
-        if shared is None:
+        if shared is None or self._expired(shared, time.monotonic(), None):
+            if shared is not None:
+                self._forget(shared)
             raise conversation_not_found(conversation_id)
+        shared.touch()
         return shared
 
     def __len__(self) -> int:
@@ -345,7 +376,59 @@ class ConversationHub:
         for shared in self._conversations.values():
             shared.sever(frame)
 
+    # --- idle expiry ---------------------------------------------------------------------------
+
+    def _expired(self, shared: SharedConversation, now: float, in_use: Collection[str] | None) -> bool:
+        ttl = self.settings.conversation_idle_ttl_s
+        if ttl <= 0 or not shared.idle or now - shared.last_active < ttl:
+            return False
+        if shared.id in (self.in_use() if in_use is None else in_use):
+            shared.touch()  # a voice session is on it: idle from when it leaves
+            return False
+        return True
+
+    def sweep(self) -> int:
+        """Forget every expired conversation now; returns how many."""
+        now = time.monotonic()
+        in_use = set(self.in_use())
+        expired = [c for c in self._conversations.values() if self._expired(c, now, in_use)]
+        for shared in expired:
+            self._forget(shared)
+        if expired:
+            log.info("forgot %d idle conversation(s); %d left", len(expired), len(self._conversations))
+        return len(expired)
+
+    def _forget(self, shared: SharedConversation) -> None:
+        self._conversations.pop(shared.id, None)
+        task = asyncio.get_running_loop().create_task(shared.close(), name=f"{shared.id}:close")
+        self._closing.add(task)  # owned here until done; close() awaits the rest
+        task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("closing an expired conversation failed", exc_info=task.exception())
+
+    def _start_sweeper(self) -> None:
+        if self.settings.conversation_idle_ttl_s > 0 and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="conversations:sweep")
+
+    async def _sweep_loop(self) -> None:
+        interval = min(60.0, max(0.05, self.settings.conversation_idle_ttl_s / 4))
+        while self._conversations:  # nothing to watch: the next create starts it again
+            await asyncio.sleep(interval)
+            try:
+                self.sweep()
+            except Exception:  # a bug here must not end expiry for the life of the process
+                log.exception("conversation sweep failed")
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for shared in list(self._conversations.values()):
             await shared.close()
         self._conversations.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

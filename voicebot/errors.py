@@ -66,9 +66,11 @@ class HttpError(ProtocolError):
     """An HTTP request (or WebSocket handshake) refused with ``status`` and an OpenAI error body."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 type: str = "invalid_request_error", **extra: Any) -> None:
+                 type: str = "invalid_request_error", *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(message, code=code, param=param, type=type)
         self.status = status
+        self.headers = headers or {}  # response headers that go with it (e.g. a 429's Retry-After)
         self.extra = extra  # further top-level fields of the body (e.g. the demo page's auth_required)
 
     def payload(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
@@ -24,8 +26,9 @@ from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import CONTENT_TYPE
 from voicebot.state import AppState
-from voicebot.transports import chat_completions, client_secrets, sse, telephony, webrtc
+from voicebot.transports import chat_completions, client_secrets, openapi, sse, telephony, webrtc
 from voicebot.transports.access import authorize, error_response
+from voicebot.transports.rate_limit import RateLimitMiddleware
 from voicebot.transports.realtime_ws import realtime_endpoint
 
 log = logging.getLogger(__name__)
@@ -109,8 +112,26 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
         *client_secrets.routes,
         *telephony.routes,
         *webrtc.routes,
+        *openapi.routes,
     ]
     web_dir = Path(settings.web_dir) if settings.web_dir else BUNDLED_WEB_DIR
     if web_dir.is_dir():
         routes.append(Mount("/", StaticFiles(directory=web_dir, html=True), name="web"))
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware(settings))
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    """CORS outermost, so a refused request (a 429 included) still carries the headers a browser
+    needs to read it; then the rate limit, before any route."""
+    return [
+        # The HTTP API's CORS follows the WebSocket Origin allowlist (--allowed-origin; '*' = any).
+        # Credentials are bearer headers, never cookies, so no Allow-Credentials. Request headers
+        # are mirrored: the openai SDK in a browser sends Authorization plus its own x-stainless-*.
+        Middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
+                   allow_headers=["*"], expose_headers=list(EXPOSED_HEADERS), max_age=600),
+        Middleware(RateLimitMiddleware),
+    ]
+
+
+#: Response headers a browser page may read: a 429's wait, a WebRTC call's URL.
+EXPOSED_HEADERS = ("Retry-After", "Location")

@@ -82,7 +82,10 @@ class Session:
         self.settings = settings
         self.sink = sink
         self.model = model
-        self.conversation = conversation or Conversation(ev.new_id("conv"))
+        self.conversation = conversation or Conversation(ev.new_id("conv"), max_items=settings.max_conversation_items,
+                                                         max_bytes=settings.max_conversation_bytes)
+        # Items evicted by the conversation's caps: the client's copy of the history follows.
+        self._unwatch = self.conversation.subscribe(self._conversation_changed)
         #: On every log line of this session: bound in the transport's task that builds it (so its
         #: own lines carry them) and in every task the session starts.
         self.log_ids = {"session_id": self.id, "conversation_id": self.conversation.id, "transport": sink.kind}
@@ -156,9 +159,14 @@ class Session:
         log.info("session started (%s, conversation %s)", self.sink.kind, self.conversation.id)
         self.emit(ev.server_event("session.created", session=self.session_wire()))
 
+    def _conversation_changed(self, kind: str, item: Item) -> None:
+        if kind == "evicted":
+            self.emit(ev.server_event("conversation.item.deleted", item_id=item.id))
+
     async def close(self) -> None:
         """End the reply (cut to what was heard), cancel and await every task; idempotent."""
         if not self._closed:
+            self._unwatch()
             self._closed = True
             self._carry_out(self.turns.interrupted(output_playing=self._output_playing()), "session_closed")
             if self._started_at is not None:

@@ -21,6 +21,7 @@ from voicebot.calls import CallRegistry
 from voicebot.config import Settings
 from voicebot.conversations import ConversationHub
 from voicebot.core.conversation import Conversation
+from voicebot.core.ratelimit import RateLimiter
 from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import Metrics
@@ -56,10 +57,14 @@ class AppState:
     #: Realtime WebSockets, each told to close (1001) when a shutdown has let its replies finish.
     sockets: set[Departing] = field(default_factory=set)
     completions: int = 0  # chat completions being generated (a shutdown lets them finish too)
+    limiter: RateLimiter | None = None  # --rate-limit-per-minute (None = no limit)
 
     @classmethod
     def create(cls, settings: Settings, engines: Engines) -> AppState:
         state = cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+        state.hub.in_use = state.conversations_in_use
+        if settings.rate_limit_per_minute > 0:
+            state.limiter = RateLimiter(settings.rate_limit_per_minute)
         state.metrics.watch(state.sessions_by_transport, state.queue_depths)
         return state
 
@@ -67,6 +72,10 @@ class AppState:
         counts = Counter(session.sink.kind for session in self.sessions)
         counts["sse"] = self.hub.listener_count
         return {kind: counts.get(kind, 0) for kind in ("realtime_ws", "webrtc", "telephony", "sse")}
+
+    def conversations_in_use(self) -> set[str]:
+        """The conversations live voice sessions are on: never expired while a session is there."""
+        return {session.conversation.id for session in self.sessions}
 
     def queue_depths(self) -> dict[str, int]:
         queues = self.engines.cpu

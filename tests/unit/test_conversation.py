@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from voicebot.core.conversation import Conversation, Item, Segment, heard_text
@@ -78,3 +80,63 @@ def test_item_wire_shape() -> None:
     assert wire["object"] == "realtime.item" and wire["type"] == "message"
     assert wire["content"] == [{"type": "output_audio", "transcript": "Hello there. How are you today?"}]
     assert Item("t", "user", "input_text", text="x").to_wire()["content"] == [{"type": "input_text", "text": "x"}]
+
+
+def texts(conv: Conversation) -> list[str]:
+    return [item.text or "" for item in conv.items]
+
+
+def test_item_cap_evicts_the_oldest_but_never_system_or_in_progress_items() -> None:
+    conv = Conversation("c", max_items=4)
+    evicted: list[str] = []
+    conv.subscribe(lambda kind, item: evicted.append(item.id) if kind == "evicted" else None)
+    conv.add(Item("sys", "system", "input_text", text="rules"))
+    conv.add(Item("live", "assistant", "output_audio", text="", status="in_progress"))
+    for i in range(6):
+        conv.add(Item(f"u{i}", "user", "input_text", text=f"m{i}"))
+    assert [i.id for i in conv.items] == ["sys", "live", "u4", "u5"]
+    assert evicted == ["u0", "u1", "u2", "u3"]
+    assert "u0" not in conv and conv.item_count == 4
+    with pytest.raises(ProtocolError):
+        conv.get("u0")
+    assert conv.get("u5").text == "m5"
+
+
+def test_byte_cap_counts_text_as_it_changes_and_refuses_one_item_too_large() -> None:
+    conv = Conversation("c", max_bytes=100)
+    for i in range(5):
+        conv.add(Item(f"u{i}", "user", "input_text", text="x" * 30))
+    assert conv.total_bytes <= 100 and [i.id for i in conv.items] == ["u2", "u3", "u4"]
+    # A transcription arriving later counts too (sessions notify "updated" when it does).
+    audio = Item("a", "user", "input_audio", text=None)
+    conv.add(audio)
+    audio.text = "é" * 30  # 60 bytes of UTF-8
+    conv.notify("updated", audio)
+    assert conv.total_bytes <= 100 and conv.items[-1] is audio and "u3" not in conv
+    with pytest.raises(ProtocolError) as err:
+        conv.add(Item("big", "user", "input_text", text="y" * 101))
+    assert err.value.code == "item_too_large" and "big" not in conv
+
+
+def test_eviction_keeps_the_llm_views_cut_on_the_items_that_stay() -> None:
+    conv = Conversation("c", max_items=6)
+    for i in range(6):
+        conv.add(Item(f"i{i}", "user" if i % 2 == 0 else "assistant",
+                      "input_text" if i % 2 == 0 else "output_text", text=f"turn {i} " + "w" * 200))
+    fitted = conv.chat_messages("Be brief.", budget_tokens=300)
+    first_kept = fitted[1].content
+    assert not first_kept.startswith("turn 0"), "the view has cut the oldest turns"
+    conv.add(Item("i6", "user", "input_text", text="next"))  # evicts i0, which the view had cut already
+    again = conv.chat_messages("Be brief.", budget_tokens=300)
+    assert again[1].content == first_kept, "the cut stays where it was: the prompt cache stays valid"
+
+
+def test_lookups_by_id_do_not_scan_the_history() -> None:
+    conv = Conversation("c")
+    for i in range(20_000):
+        conv.add(Item(f"u{i}", "user", "input_text", text="x"))
+    started = time.perf_counter()
+    for _ in range(2000):
+        assert "u0" in conv and conv.get("u0").id == "u0"
+    # 4000 O(n) scans of 20,000 items would take seconds; a dict answers in a millisecond.
+    assert time.perf_counter() - started < 0.5

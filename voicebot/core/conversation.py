@@ -18,7 +18,7 @@ from voicebot.errors import ProtocolError
 
 ContentType = Literal["input_text", "input_audio", "output_text", "output_audio"]
 Status = Literal["completed", "incomplete", "in_progress"]
-ChangeKind = Literal["added", "updated", "deleted", "truncated"]
+ChangeKind = Literal["added", "updated", "deleted", "truncated", "evicted"]
 Listener = Callable[[ChangeKind, "Item"], None]
 EventListener = Callable[[dict[str, Any]], None]
 
@@ -100,13 +100,31 @@ def heard_text(segments: list[Segment], audio_end_ms: float) -> str:
     return " ".join(words)
 
 
-class Conversation:
-    """Ordered items with id lookup; listeners see every change (used by the SSE mirror)."""
+def text_bytes(item: Item) -> int:
+    """What an item's text costs against ``max_bytes``: its text and the LLM's own words (UTF-8)."""
+    return len((item.text or "").encode()) + len((item.llm_text or "").encode())
 
-    def __init__(self, conversation_id: str, instructions: str | None = None) -> None:
+
+class Conversation:
+    """Ordered items with O(1) lookup by id; listeners see every change (used by the SSE mirror).
+
+    ``max_items`` / ``max_bytes`` (0 = no cap) bound a conversation that goes on for hours: past
+    either, the oldest items leave — never a ``system`` item, one still in progress, or the one
+    just changed — and listeners see an ``evicted`` change (sessions tell their clients
+    ``conversation.item.deleted``). One item larger than ``max_bytes`` on its own is refused
+    (``item_too_large``), since no eviction could make room for it.
+    """
+
+    def __init__(self, conversation_id: str, instructions: str | None = None, *,
+                 max_items: int = 0, max_bytes: int = 0) -> None:
         self.id = conversation_id
         self.instructions = instructions
+        self.max_items = max_items
+        self.max_bytes = max_bytes
         self._items: list[Item] = []
+        self._by_id: dict[str, Item] = {}
+        self._bytes: dict[str, int] = {}  # item id -> its text_bytes when last measured
+        self.total_bytes = 0
         self._listeners: list[Listener] = []
         self._event_listeners: list[EventListener] = []
         self._llm_dropped = 0  # history messages cut from the LLM's view (truncation "auto")
@@ -118,8 +136,12 @@ class Conversation:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def notify(self, kind: ChangeKind, item: Item) -> None:
+        if kind in ("updated", "truncated") and item.id in self._by_id:
+            self._measure(item)
         for listener in list(self._listeners):
             listener(kind, item)
+        if kind == "updated":
+            self._evict(keep=item)
 
     def subscribe_events(self, listener: EventListener) -> Callable[[], None]:
         """See every server event of every session on this conversation (the SSE hub's feed)."""
@@ -137,48 +159,108 @@ class Conversation:
         return tuple(self._items)
 
     @property
+    def item_count(self) -> int:  # not __len__: an empty conversation must stay truthy (``conversation or …``)
+        return len(self._by_id)
+
+    @property
     def last_item_id(self) -> str | None:
         return self._items[-1].id if self._items else None
 
     def get(self, item_id: str, *, event_id: str | None = None) -> Item:
-        for item in self._items:
-            if item.id == item_id:
-                return item
-        raise ProtocolError(f"Item with item_id '{item_id}' does not exist.", code="item_not_found",
-                            param="item_id", event_id=event_id)
+        item = self._by_id.get(item_id)
+        if item is None:
+            raise ProtocolError(f"Item with item_id '{item_id}' does not exist.", code="item_not_found",
+                                param="item_id", event_id=event_id)
+        return item
 
     def __contains__(self, item_id: object) -> bool:
-        return any(item.id == item_id for item in self._items)
+        return item_id in self._by_id
+
+    def _position(self, item: Item) -> int:
+        # From the end: the items asked about (a reply, the turn before it) are nearly always the newest.
+        for i in range(len(self._items) - 1, -1, -1):
+            if self._items[i] is item:
+                return i
+        raise ValueError(item.id)
 
     def previous_id(self, item_id: str) -> str | None:
-        for i, item in enumerate(self._items):
-            if item.id == item_id:
-                return self._items[i - 1].id if i > 0 else None
-        return None
+        item = self._by_id.get(item_id)
+        if item is None:
+            return None
+        i = self._position(item)
+        return self._items[i - 1].id if i > 0 else None
 
     # --- changes -------------------------------------------------------------------------------
 
     def add(self, item: Item, previous_item_id: str | None = None, *, event_id: str | None = None) -> str | None:
         """Insert after ``previous_item_id`` (``"root"`` = first; None = last). Returns the id before it."""
-        if item.id in self:
+        if item.id in self._by_id:
             raise ProtocolError(f"An item with id '{item.id}' already exists.", code="item_id_conflict",
                                 param="item.id", event_id=event_id)
+        size = text_bytes(item)
+        if self.max_bytes and size > self.max_bytes:
+            raise ProtocolError(f"The item's text is {size} bytes; a conversation keeps at most {self.max_bytes}.",
+                                code="item_too_large", param="item.content", event_id=event_id)
         if previous_item_id is None:
             position = len(self._items)
         elif previous_item_id == "root":
             position = 0
         else:
-            previous = self.get(previous_item_id, event_id=event_id)
-            position = self._items.index(previous) + 1
+            position = self._position(self.get(previous_item_id, event_id=event_id)) + 1
         self._items.insert(position, item)
+        self._by_id[item.id] = item
+        self._bytes[item.id] = size
+        self.total_bytes += size
+        previous = self._items[position - 1].id if position > 0 else None
         self.notify("added", item)
-        return self._items[position - 1].id if position > 0 else None
+        self._evict(keep=item)
+        return previous
 
     def delete(self, item_id: str, *, event_id: str | None = None) -> Item:
         item = self.get(item_id, event_id=event_id)
-        self._items.remove(item)
+        del self._items[self._position(item)]
+        self._forget(item)
         self.notify("deleted", item)
         return item
+
+    def _forget(self, item: Item) -> None:
+        del self._by_id[item.id]
+        self.total_bytes -= self._bytes.pop(item.id, 0)
+
+    def _measure(self, item: Item) -> None:
+        size = text_bytes(item)
+        self.total_bytes += size - self._bytes.get(item.id, 0)
+        self._bytes[item.id] = size
+
+    def _over(self) -> bool:
+        return bool((self.max_items and len(self._by_id) > self.max_items)
+                    or (self.max_bytes and self.total_bytes > self.max_bytes))
+
+    def _evict(self, keep: Item) -> None:
+        """The oldest items out until within the caps (see the class docstring for which stay)."""
+        if not self._over():
+            return
+        evicted: list[Item] = []
+        kept: list[Item] = []
+        in_view = 0  # text-bearing items passed: where each one sat in the LLM's view
+        cut_from_view = 0  # evicted items that the LLM's view had already cut (truncation "auto")
+        for index, item in enumerate(self._items):
+            if not self._over():
+                kept.extend(self._items[index:])
+                break
+            has_text = bool((item.llm_text or item.text or "").strip())
+            if item is keep or item.role == "system" or item.status == "in_progress":
+                kept.append(item)
+            else:
+                evicted.append(item)
+                self._forget(item)  # the caps are checked against what is left
+                cut_from_view += has_text and in_view < self._llm_dropped
+            in_view += has_text
+        self._items = kept
+        # The LLM's view keeps its cut where it was relative to the items that are still there.
+        self._llm_dropped = max(0, self._llm_dropped - cut_from_view)
+        for item in evicted:
+            self.notify("evicted", item)
 
     def truncate(self, item_id: str, audio_end_ms: float, *, event_id: str | None = None) -> Item:
         """Cut an assistant audio item's transcript to what was heard by ``audio_end_ms``."""

@@ -89,7 +89,7 @@ def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | 
 
 
 def error_response(err: HttpError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
 
 
 async def refuse(websocket: WebSocket, err: HttpError) -> None:

@@ -15,13 +15,14 @@ then ignored; clients configure the session with ``session.update`` once connect
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from voicebot.auth import bearer
 from voicebot.core import events as ev
 from voicebot.errors import HttpError
 from voicebot.session_config import SessionConfig
@@ -36,8 +37,10 @@ MAX_REQUEST_BYTES = 64 * 1024
 
 
 class ExpiresAfter(BaseModel):
+    """OpenAI's shape: the token expires ``seconds`` (10..7200) after its creation."""
+
     model_config = ConfigDict(extra="forbid")
-    anchor: str = "created_at"
+    anchor: Literal["created_at"] = "created_at"
     seconds: int = Field(default=600, ge=10, le=7200)
 
 
@@ -64,8 +67,8 @@ def default_session(state: AppState) -> dict[str, Any]:
     }
 
 
-def _secret(state: AppState, ttl_s: float) -> dict[str, Any]:
-    value, expires_at = state.auth.tokens.mint(ttl_s)
+def _secret(state: AppState, ttl_s: float, owner: str | None = None) -> dict[str, Any]:
+    value, expires_at = state.auth.tokens.mint(ttl_s, owner=owner)
     return {"value": value, "expires_at": int(expires_at), "session": default_session(state)}
 
 
@@ -75,7 +78,8 @@ async def create_client_secret(request: Request) -> Response:
     state = authorize(request, API_KEY_ONLY)
     parsed = await read_model(request, ClientSecretRequest, MAX_REQUEST_BYTES, empty_ok=True)
     ttl = (parsed.expires_after or ExpiresAfter()).seconds
-    return JSONResponse(_secret(state, ttl))
+    # The token's requests count against the minting key's rate limit (transports/rate_limit.py).
+    return JSONResponse(_secret(state, ttl, owner=state.auth.principal(bearer(request.headers))))
 
 
 @json_errors

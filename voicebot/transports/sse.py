@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from voicebot.auth import bearer
 from voicebot.conversations import SharedConversation
 from voicebot.core.sse import HEARTBEAT, parse_last_event_id, retry_frame
 from voicebot.errors import HttpError, ProtocolError
@@ -81,8 +82,8 @@ async def post_message(request: Request) -> Response:
         raise HttpError(413, "The message text is too long.", "text_too_large", "text")
     try:
         item = shared.post_text(body.text)
-    except ProtocolError as err:
-        raise HttpError(400, err.message, err.code, err.param) from None
+    except ProtocolError as err:  # e.g. item_too_large: more text than --max-conversation-bytes
+        raise HttpError(413 if err.code == "item_too_large" else 400, err.message, err.code, err.param) from None
     return JSONResponse({"object": "conversation.message", "conversation_id": shared.id, "item": item},
                         status_code=202)
 
@@ -92,7 +93,8 @@ async def mint_token(request: Request) -> Response:
     """Only a real API key mints: a leaked URL token must not be able to renew itself."""
     state = authorize(request, API_KEY_ONLY)
     shared = state.hub.get(_conversation_id(request))
-    token, expires_at = state.auth.tokens.mint(state.settings.sse_token_ttl_s, scope=token_scope(shared.id))
+    token, expires_at = state.auth.tokens.mint(state.settings.sse_token_ttl_s, scope=token_scope(shared.id),
+                                               owner=state.auth.principal(bearer(request.headers)))
     return JSONResponse({"token": token, "expires_at": int(expires_at), "conversation_id": shared.id})
 
 
