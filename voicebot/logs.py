@@ -14,12 +14,14 @@ keys themselves become ``[redacted]``. Audio is never logged: nothing formats sa
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
 import json
 import logging
 import re
 import sys
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,6 +90,42 @@ class Redact(logging.Filter):
         return True
 
 
+#: Connections (their ASGI tasks) whose WebSocket handshake was refused on purpose.
+_refused: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def handshake_refused() -> None:
+    """Called by the task that refuses a WebSocket handshake with an HTTP response (see RefusalNoise)."""
+    if (task := asyncio.current_task()) is not None:
+        _refused.add(task)
+
+
+class RefusalNoise(logging.Filter):
+    """Drops uvicorn's false "ASGI callable returned without completing handshake." after a
+    WebSocket handshake we refused on purpose (401/403/429/503 with a JSON body).
+
+    uvicorn 0.54's websockets-sansio and wsproto protocols log it at ERROR whenever the app sends
+    a denial response instead of accepting (Kludex/uvicorn#3138); nothing is wrong and no 500 is
+    sent. Only the line from a connection that :func:`handshake_refused` marked is dropped: the
+    same message after anything else (an endpoint that really returned without answering) still
+    gets through.
+    """
+
+    SPURIOUS = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "uvicorn.error" or record.getMessage() != self.SPURIOUS:
+            return True
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop: not from a connection
+            return True
+        if task is None or task not in _refused:
+            return True
+        _refused.discard(task)
+        return False
+
+
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: [sess_… resp_…] message``."""
 
@@ -129,6 +167,7 @@ def configure(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     """The process's logging: one stderr handler on the root logger, which uvicorn's loggers
     (``uvicorn.error``, ``uvicorn.access``) reach too (run uvicorn with ``log_config=None``)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RefusalNoise())
     handler.addFilter(Redact(secrets))
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

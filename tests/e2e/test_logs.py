@@ -62,6 +62,12 @@ async def test_json_logs_carry_session_ids_and_never_a_secret() -> None:
                     event = json.loads(await asyncio.wait_for(ws.recv(), scaled(120)))
                     if event["type"] == "response.done":
                         done = event["response"]
+            # A refused handshake (wrong key) is one INFO line from uvicorn, not an ERROR.
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(f"{server.ws}/v1/realtime?model=voicebot",
+                                              additional_headers={"Authorization": "Bearer wrong-key"}):
+                    pass
+            assert refused.value.response.status_code == 401
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=scaled(60)) == 0
     finally:
@@ -82,6 +88,9 @@ async def test_json_logs_carry_session_ids_and_never_a_secret() -> None:
     # uvicorn's own lines go through the same formatter, with the query string's token redacted.
     access = [line for line in lines if line["logger"] == "uvicorn.access" and "/events" in line["message"]]
     assert access and all("token=[redacted]" in line["message"] for line in access)
+
+    assert any("connection rejected (401" in line["message"] for line in lines)
+    assert not [line for line in lines if line["level"] == "error"], "nothing went wrong, nothing says so"
 
     for secret in (API_KEY, token, token.removeprefix("ek_")):
         assert secret not in text

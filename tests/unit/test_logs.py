@@ -97,3 +97,28 @@ async def test_text_lines_carry_the_ids_as_a_prefix(captured) -> None:  # type: 
 
     await asyncio.create_task(session())
     assert stream.getvalue().rstrip().endswith("WARNING voicebot.test_logs: [sess_9 resp_9] slow")
+
+
+async def test_only_the_false_handshake_error_after_a_refusal_is_dropped() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.RefusalNoise())
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(handler)
+    spurious = "ASGI callable returned without completing handshake."
+
+    async def refused() -> None:
+        logs.handshake_refused()  # what access.refuse does before the denial response
+        await asyncio.sleep(0)  # another connection's lines may come in between
+        uvicorn_error.error(spurious)
+
+    async def broken_endpoint() -> None:  # returned without accepting or refusing: a real bug
+        await asyncio.sleep(0)
+        uvicorn_error.error(spurious)
+
+    try:
+        await asyncio.gather(refused(), broken_endpoint())
+    finally:
+        uvicorn_error.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines == [spurious], "the broken endpoint's line stays, the refused connection's goes"

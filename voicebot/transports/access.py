@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from voicebot import logs
 from voicebot.auth import bearer, origin_allowed, subprotocol_key
 from voicebot.errors import HttpError
 from voicebot.state import AppState
@@ -95,6 +96,7 @@ def error_response(err: HttpError) -> JSONResponse:
 async def refuse(websocket: WebSocket, err: HttpError) -> None:
     """Refuse a WebSocket handshake with the error's HTTP status and JSON body."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        logs.handshake_refused()  # uvicorn then logs a false "without completing handshake" error
         await websocket.send_denial_response(error_response(err))
     else:  # servers without the denial extension: the client sees a 403 handshake failure
         await websocket.close(code=1008, reason=err.message[:120])
