@@ -7,6 +7,7 @@ an authenticated request (so a web page never holds the long-lived key).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -17,6 +18,18 @@ KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 TOKEN_PREFIX = "ek_"
 
 
+def key_fingerprint(key: str) -> str:
+    """Who an API key is, for counting its sessions, without keeping or logging the key itself."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    expires_at: float
+    scope: str | None
+    owner: str | None  # whose sessions it counts as: the minting key's fingerprint (never the key)
+
+
 @dataclass
 class ClientTokens:
     """Ephemeral tokens (``ek_…``): random, stored with an expiry, valid until then.
@@ -24,29 +37,35 @@ class ClientTokens:
     A token may carry a ``scope`` (e.g. ``conversation:<id>`` for an EventSource URL): a scoped
     token is accepted only where that scope is asked for, so a token that leaks from a URL into a
     proxy log can read one conversation's events and nothing else. Unscoped tokens work anywhere.
+    A token also records its ``owner``: the sessions opened with it count against the key that
+    minted it (--max-sessions-per-key), so minting tokens does not multiply a key's allowance.
     """
 
     ttl_s: float = 600.0
-    _tokens: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    _tokens: dict[str, TokenRecord] = field(default_factory=dict)
 
     def mint(self, ttl_s: float | None = None, now: float | None = None,
-             scope: str | None = None) -> tuple[str, float]:
+             scope: str | None = None, owner: str | None = None) -> tuple[str, float]:
         now = time.time() if now is None else now
         self._expire(now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         expires_at = now + (self.ttl_s if ttl_s is None else ttl_s)
-        self._tokens[token] = (expires_at, scope)
+        self._tokens[token] = TokenRecord(expires_at, scope, owner)
         return token, expires_at
 
     def valid(self, token: str, now: float | None = None, scope: str | None = None) -> bool:
         now = time.time() if now is None else now
         entry = self._tokens.get(token)
-        if entry is None or entry[0] <= now:
+        if entry is None or entry.expires_at <= now:
             return False
-        return entry[1] is None or entry[1] == scope
+        return entry.scope is None or entry.scope == scope
+
+    def owner(self, token: str) -> str | None:
+        entry = self._tokens.get(token)
+        return entry.owner if entry is not None else None
 
     def _expire(self, now: float) -> None:
-        for token in [t for t, (exp, _) in self._tokens.items() if exp <= now]:
+        for token in [t for t, entry in self._tokens.items() if entry.expires_at <= now]:
             del self._tokens[token]
 
 
@@ -72,6 +91,11 @@ class Authenticator:
         if candidate is None:
             return False
         return self.is_api_key(candidate) or self.tokens.valid(candidate)
+
+    def owner(self, credential: str) -> str | None:
+        """Whose sessions an accepted credential opens: an API key's fingerprint, or for a client
+        token the fingerprint of the key that minted it (None: a token minted without a key)."""
+        return key_fingerprint(credential) if self.is_api_key(credential) else self.tokens.owner(credential)
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:

@@ -20,7 +20,7 @@ from voicebot.core.audio import AudioFormat
 from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
 from voicebot.sink import AudioChunk
-from voicebot.transports.access import BROWSER, authorize, refuse
+from voicebot.transports.access import BROWSER, authorize, refuse, session_owner
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class WebSocketSink:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
         self.wake = asyncio.Event()
         self.closed = False
+        self.end_reason: str | None = None  # the session ended itself: close 1008 with this reason
 
     def send_event(self, event: ev.ServerEvent) -> None:
         self.outbox.append(event)
@@ -74,6 +75,11 @@ class WebSocketSink:
         self.closed = True
         self.wake.set()
 
+    def end(self, reason: str) -> None:
+        """A time limit ran out: the writer sends what is queued (the ``error`` event), then closes 1008."""
+        self.end_reason = reason
+        self.close()
+
     async def write(self, websocket: WebSocket) -> None:
         """The writer task: drain the outbox until closed (then flush what is left)."""
         while True:
@@ -86,6 +92,9 @@ class WebSocketSink:
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return
             if self.closed:
+                if self.end_reason is not None:
+                    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                        await websocket.close(code=1008, reason=self.end_reason)
                 return
             self.wake.clear()
             await self.wake.wait()
@@ -94,7 +103,8 @@ class WebSocketSink:
 async def realtime_endpoint(websocket: WebSocket) -> None:
     try:
         state = authorize(websocket, BROWSER)
-        state.admit_session()
+        owner = session_owner(websocket, state)
+        state.admit_session(owner)
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
         await refuse(websocket, err)
@@ -104,7 +114,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
 
     sink = WebSocketSink()
     session = Session(state.engines, state.settings, sink, conversation=conversation,
-                      model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics)
+                      model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics, owner=owner)
     state.sessions.add(session)
     writer = asyncio.create_task(sink.write(websocket), name=f"{session.id}:writer")
     try:
