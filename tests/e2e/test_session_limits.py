@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from scripts.phone_sim import call
 from tests.conftest import scaled
+from tests.rtc_client import RtcClient
 from tests.session.fakes import silence
 from tests.thread_server import ThreadServer
 
@@ -152,4 +153,28 @@ async def test_a_phone_call_past_the_maximum_length_is_hung_up() -> None:
         assert 1.4 <= lasted < scaled(8)
         ended = server.call(lambda: server.state.calls.ended_summaries("telephony"))
         assert [stats.ended.split(":")[0] for stats in ended] == ["session_expired"]  # type: ignore[attr-defined]
+        await wait_no_sessions(server)
+
+
+async def test_a_webrtc_call_past_the_maximum_length_gets_the_error_then_is_hung_up() -> None:
+    with ThreadServer(max_session_seconds=2.0, idle_timeout_s=0) as server:
+        client = RtcClient()
+        await client.connect(server.http, None)
+        try:
+            connected = time.monotonic()
+            error = await client.recorder.wait_for("error", timeout=scaled(10))
+            assert error["error"]["code"] == "session_expired"
+            assert time.monotonic() - connected >= 1.5
+            call_id = str(client.call_id)
+            deadline = time.monotonic() + scaled(5)
+            while call_id not in server.state.calls.ended and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert server.state.calls.ended[call_id].reason.startswith("session_expired")
+            # The server closed its side: the peer connection goes down without the client doing anything.
+            deadline = time.monotonic() + scaled(40)  # DTLS close, or consent freshness at worst
+            while client.pc.connectionState not in ("closed", "failed") and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert client.pc.connectionState in ("closed", "failed")
+        finally:
+            await client.close()
         await wait_no_sessions(server)
