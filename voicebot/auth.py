@@ -19,11 +19,16 @@ KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 TOKEN_PREFIX = "ek_"
 
 
+def key_fingerprint(key: str) -> str:
+    """Who an API key is, for counting its sessions, without keeping or logging the key itself."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True, slots=True)
-class _Token:
+class TokenRecord:
     expires_at: float
     scope: str | None
-    owner: str | None  # who minted it (an API key's :func:`key_id`), for the rate limit
+    owner: str | None  # whose sessions it counts as: the minting key's fingerprint (never the key)
 
 
 @dataclass
@@ -36,10 +41,14 @@ class ClientTokens:
 
     Expired tokens are purged whenever a token is minted or checked (a heap of expiries: each
     call pops only what has expired), so memory holds only the live ones whatever the traffic.
+
+    A token also records its ``owner``: the sessions opened with it count against the key that
+    minted it (--max-sessions-per-key), and so do its requests (--rate-limit-per-minute), so
+    minting tokens does not multiply a key's allowance.
     """
 
     ttl_s: float = 600.0
-    _tokens: dict[str, _Token] = field(default_factory=dict)
+    _tokens: dict[str, TokenRecord] = field(default_factory=dict)
     _expiries: list[tuple[float, str]] = field(default_factory=list)  # a heap, soonest first
 
     def mint(self, ttl_s: float | None = None, now: float | None = None,
@@ -48,11 +57,11 @@ class ClientTokens:
         self.purge(now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(24)
         expires_at = now + (self.ttl_s if ttl_s is None else ttl_s)
-        self._tokens[token] = _Token(expires_at, scope, owner)
+        self._tokens[token] = TokenRecord(expires_at, scope, owner)
         heapq.heappush(self._expiries, (expires_at, token))
         return token, expires_at
 
-    def _live(self, token: str, now: float | None) -> _Token | None:
+    def _live(self, token: str, now: float | None) -> TokenRecord | None:
         now = time.time() if now is None else now
         self.purge(now)
         entry = self._tokens.get(token)
@@ -101,19 +110,13 @@ class Authenticator:
             return False
         return self.is_api_key(candidate) or self.tokens.valid(candidate)
 
-    def principal(self, candidate: str | None) -> str | None:
-        """Whose request this is, for the rate limit: an API key's :func:`key_id`, the minting key's
-        for a client token, None for no credential, a wrong one, or a token minted without a key."""
-        if not candidate:
+    def owner(self, credential: str | None) -> str | None:
+        """Whose requests and sessions a credential's are: an API key's fingerprint, or for a client
+        token the fingerprint of the key that minted it (None: no credential, a wrong one, or a
+        token minted without a key)."""
+        if not credential:
             return None
-        if self.is_api_key(candidate):
-            return key_id(candidate)
-        return self.tokens.owner(candidate)
-
-
-def key_id(key: str) -> str:
-    """A name for an API key that is not the key (rate-limit buckets, logs)."""
-    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        return key_fingerprint(credential) if self.is_api_key(credential) else self.tokens.owner(credential)
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:

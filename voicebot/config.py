@@ -57,6 +57,21 @@ class Settings:
     max_sessions: int = field(default=32, metadata=_meta(
         "Most realtime sessions open at once, over every transport (WebSocket, WebRTC, phone calls); "
         "one more is refused with 429 too_many_sessions. 0 = no limit."))
+    max_sessions_per_key: int = field(default=8, metadata=_meta(
+        "Most realtime sessions open at once per API key (a client token counts against the key that "
+        "minted it); one more is refused with 429 too_many_sessions_for_key. Not counted without API keys. "
+        "0 = no limit."))
+    max_session_seconds: float = field(default=3600.0, metadata=_meta(
+        "A realtime session open this long is ended: an error event (session_expired), then WebSocket "
+        "close 1008 or a hangup. 0 = no limit."))
+    idle_timeout_s: float = field(default=600.0, metadata=_meta(
+        "A realtime session with no client event and no speech heard for this long, while the assistant "
+        "is silent, is ended: an error event (idle_timeout), then close 1008 or a hangup. Silence streamed "
+        "by a microphone is idle. 0 = never."))
+    max_turn_seconds: float = field(default=30.0, metadata=_meta(
+        "Longest user turn: continuous speech this long ends the turn as if the person had paused; with "
+        "turn detection off, appends past this much buffered audio are refused (input_audio_buffer_full). "
+        "0 = 15 minutes."))
     rate_limit_per_minute: int = field(default=600, metadata=_meta(
         "HTTP API requests (and WebSocket handshakes) per minute per API key (a client token counts for "
         "the key that minted it) or, without a valid credential, per client IP; more get 429 "

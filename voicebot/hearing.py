@@ -27,10 +27,12 @@ from voicebot.core.endpoint import (
 )
 from voicebot.core.types import ENGINE_RATE, Float32Array, Int16Array
 from voicebot.engines.base import EchoCanceller, VoiceActivityDetector
+from voicebot.errors import VoicebotError
 
 log = logging.getLogger(__name__)
 
-#: With turn detection off the client commits when it likes; keep at most this much meanwhile.
+#: With turn detection off the client commits when it likes; more than this (or than
+#: --max-turn-seconds) waiting uncommitted is refused.
 MAX_MANUAL_BUFFER_MS = 15 * 60 * 1000
 #: Audio kept before a speech onset beyond the prefix padding, while nobody speaks.
 IDLE_KEEP_MS = 1000
@@ -48,19 +50,26 @@ SPEAKER_PLAYING_DBFS = -45.0
 VOICE_FLOOR_DB = 20.0
 
 
+class BufferFull(VoicebotError):
+    """Turn detection is off and the uncommitted input audio is at its cap: the audio is refused."""
+
+
 def level_dbfs(hop: Float32Array) -> float:
     return float(10 * np.log10(np.mean(np.square(hop, dtype=np.float64)) + 1e-10))
 
 
 class Hearing:
     def __init__(self, vad: VoiceActivityDetector, endpoint: EndpointConfig | None,
-                 echo: tuple[EchoCanceller, SpeakerTimeline] | None = None) -> None:
+                 echo: tuple[EchoCanceller, SpeakerTimeline] | None = None, *, max_turn_ms: float = 0.0) -> None:
+        """``max_turn_ms``: the longest user turn (0 = none): continuous speech that long ends the
+        turn, and with turn detection off no more than that (at most MAX_MANUAL_BUFFER_MS) is buffered."""
         self._vad = vad
         self._echo = echo  # the canceller, and what the listener's speaker played (its reference)
         self._near: Int16Array = np.zeros(0, np.int16)  # less than one echo-canceller frame
         self._raw_end = 0.0  # when the newest microphone audio in the buffer was captured, on the speaker's clock
         self.endpoint = endpoint  # None = no turn detection (the client commits)
-        self._endpointer = Endpointer(endpoint or EndpointConfig())
+        self._endpointer = Endpointer(endpoint or EndpointConfig(), max_turn_ms=max_turn_ms)
+        self.max_buffer_ms = min(max_turn_ms, MAX_MANUAL_BUFFER_MS) if max_turn_ms > 0 else MAX_MANUAL_BUFFER_MS
         self._input: InputAudio | None = None
         self._hop: Int16Array = np.zeros(0, np.int16)
         self.buffer = PcmBuffer()
@@ -81,6 +90,10 @@ class Hearing:
         if self._input is None or self._input.fmt != fmt:
             self._input = InputAudio(fmt)
         samples = self._input.feed(data)
+        if self.endpoint is None and self.buffer.duration_ms + samples.size * 1000 / ENGINE_RATE > self.max_buffer_ms:
+            raise BufferFull(f"The input audio buffer holds {self.buffer.duration_ms / 1000:.1f} s, the most allowed "
+                             f"is {self.max_buffer_ms / 1000:g} s: commit (input_audio_buffer.commit) or clear it "
+                             "before appending more.")
         if self._echo is not None:
             # Turn detection hears the microphone minus the echo (when there is an echo to remove);
             # the transcript gets the microphone itself: AEC3 ducks a voice that starts while the
@@ -94,8 +107,6 @@ class Hearing:
         else:
             self.buffer.append(samples)
         if self.endpoint is None:
-            if self.buffer.duration_ms > MAX_MANUAL_BUFFER_MS:
-                self.buffer.drop_before(self.buffer.end_ms - MAX_MANUAL_BUFFER_MS)
             return []
         hop_size = self._vad.hop_samples
         pending = np.concatenate((self._hop, samples)) if self._hop.size else samples

@@ -38,13 +38,14 @@ from voicebot.core.endpoint import (
     SpeechStarted,
     SpeechStopped,
 )
+from voicebot.core.limits import Expiry, SessionClock
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import EchoCanceller, Engines
 from voicebot.engines.faults import ASR_FAILED, engine_call
 from voicebot.errors import EngineError, ProtocolError
-from voicebot.hearing import Hearing
+from voicebot.hearing import BufferFull, Hearing
 from voicebot.metrics import Metrics
 from voicebot.reply import ReplyTimings
 from voicebot.responses import ResponseContext, Responses, Speculation
@@ -75,8 +76,10 @@ class Session:
         output_lead_ms: float | None = None,
         config: SessionConfig | None = None,
         metrics: Metrics | None = None,
+        owner: str | None = None,
     ) -> None:
         self.id = ev.new_id("sess")
+        self.owner = owner  # the API key (fingerprint) this session counts against, if any
         self.metrics = metrics or Metrics()  # the app's, or one nobody scrapes
         self.engines = engines
         self.settings = settings
@@ -100,7 +103,10 @@ class Session:
         if engines.echo is not None:
             self.speaker = SpeakerTimeline()
             echo = (engines.echo(), self.speaker)
-        self.hearing = Hearing(engines.vad(), self.config.vad, echo)
+        self.hearing = Hearing(engines.vad(), self.config.vad, echo, max_turn_ms=settings.max_turn_seconds * 1000)
+        #: --max-session-seconds and --idle-timeout-s, armed by start(); ``expired`` once one ran out.
+        self.limits = SessionClock(time.monotonic(), settings.max_session_seconds, settings.idle_timeout_s)
+        self.expired: Expiry | None = None
         self._speech_item_id = ev.new_id("item")
         self.speculation: Speculation | None = None
         self.turn_complete_probability: float | None = None  # the turn model's last verdict
@@ -140,6 +146,7 @@ class Session:
 
     def _reply_done(self, timings: ReplyTimings, status: str, audio: bool) -> None:
         """A reply ended: count it, and time the stages of the voice turn it answered."""
+        self._note_assistant(time.monotonic())
         if status != "completed":
             return
         self.metrics.turns.inc()
@@ -155,9 +162,45 @@ class Session:
                 self.metrics.stage(stage, mark - speech_end)
 
     def start(self) -> None:
+        """``session.created``, and the session's time limits start (a realtime transport calls this;
+        a headless text session never does, so it has no limits)."""
         self._started_at = time.monotonic()
         log.info("session started (%s, conversation %s)", self.sink.kind, self.conversation.id)
         self.emit(ev.server_event("session.created", session=self.session_wire()))
+        self.limits = SessionClock(time.monotonic(), self.settings.max_session_seconds, self.settings.idle_timeout_s)
+        if self.limits.next_check(self.limits.started) is not None:
+            self.spawn(self._watch_limits(), "limits")
+
+    async def _watch_limits(self) -> None:
+        """Sleep until a limit could run out; when one has, end the session (the task is the
+        session's own: close() cancels it)."""
+        while (wait := self.limits.next_check(time.monotonic())) is not None:
+            await asyncio.sleep(wait + 0.01)
+            now = time.monotonic()
+            self._note_assistant(now)
+            if self.hearing.speech_start_ms is not None:
+                self.limits.touch(now)  # someone is talking right now
+            if (expiry := self.limits.expired(now)) is not None:
+                self.end(expiry)
+                return
+
+    def _note_assistant(self, now: float) -> None:
+        """The assistant speaking, or its audio still playing at the listener, is not idleness."""
+        if self.responses.active is not None:
+            self.limits.touch(now)
+        if (queued_ms := self.playout.queued_ms(now)) > 0:
+            self.limits.touch(now + queued_ms / 1000)  # idle from when the listener's audio runs out
+
+    def end(self, expiry: Expiry) -> None:
+        """A limit ran out: say so with an ``error`` event, then the transport closes the connection
+        (WebSocket close 1008, a WebRTC or phone hangup) and, as always, calls close(). A reply in
+        flight is not waited for: close() cuts it to what was heard."""
+        if self.expired is not None or self._closed:
+            return
+        self.expired = expiry
+        log.info("session %s: %s", self.id, expiry.reason)
+        self.emit(ev.error_event(ProtocolError(expiry.message, code=expiry.code)))
+        self.sink.end(expiry.reason)
 
     def _conversation_changed(self, kind: str, item: Item) -> None:
         if kind == "evicted":
@@ -212,6 +255,10 @@ class Session:
     async def handle(self, event: ev.ClientEvent) -> None:
         """One parsed client event; whatever goes wrong becomes an ``error`` event naming it, and
         the session goes on (a bug here must cost the client one event, not the conversation)."""
+        if not isinstance(event, ev.InputAudioBufferAppend) or self.hearing.endpoint is None:
+            # Appended audio is activity only when the client decides what to send (turn detection
+            # off, push-to-talk); with turn detection on, only speech heard in it is.
+            self.limits.touch(time.monotonic())
         try:
             self._dispatch(event)
         except ProtocolError as err:
@@ -279,6 +326,9 @@ class Session:
         self.hearing.guard(self.turns.reply_audible or self.playout.queued_ms(now) > 0)
         try:
             endpoint_events = self.hearing.feed(data, fmt or self.config.input_format, now)
+        except BufferFull as full:
+            self.metrics.dropped_audio_frames.inc()
+            raise ProtocolError(str(full), code="input_audio_buffer_full", param="audio", event_id=event_id) from None
         except ValueError as exc:  # AudioFormatError: the message says what is wrong
             self.metrics.dropped_audio_frames.inc()
             raise ProtocolError(str(exc), param="audio", event_id=event_id) from None
@@ -291,6 +341,7 @@ class Session:
 
     def _on_endpoint(self, event: object) -> None:
         policy = self.config.policy
+        self.limits.touch(time.monotonic())  # speech (or the end of it) was heard
         match event:
             case SpeechStarted(audio_start_ms=start):
                 self.hearing.speech_start_ms = float(start)
@@ -449,6 +500,7 @@ class Session:
     def create_item(self, param: ev.ItemParam, previous_item_id: str | None = None, *,
                     event_id: str | None = None) -> Item:
         """``conversation.item.create``: a text message, or audio (transcribed like speech)."""
+        self.limits.touch(time.monotonic())  # a typed message or a keypad entry is activity
         part = param.content[0]
         item_id = param.id or ev.new_id("item")
         if part.type in ("input_audio", "audio") and part.audio is not None:
@@ -497,6 +549,7 @@ class Session:
 
     def create_response(self, params: ev.ResponseParams | None = None, *, event_id: str | None = None) -> None:
         """``response.create`` (default parameters when None)."""
+        self.limits.touch(time.monotonic())
         self.responses.create(params or ev.ResponseParams(), event_id=event_id)
 
     def cancel_response(self, response_id: str | None = None, *, event_id: str | None = None) -> None:

@@ -85,6 +85,12 @@ class OutputSink(Protocol):
         know (the session then uses its playout clock's estimate)."""
         ...
 
+    def end(self, reason: str) -> None:
+        """The session ended itself (a time limit ran out) after its last event: close the
+        connection with ``reason`` — WebSocket close 1008, a WebRTC hangup, a phone hangup. The
+        transport then closes the session as it always does."""
+        ...
+
 
 class NullSink:
     """A sink for a headless session (text replies of a shared conversation): drops everything."""
@@ -108,3 +114,6 @@ class NullSink:
 
     def playback_position(self, item_id: str) -> float | None:
         return None
+
+    def end(self, reason: str) -> None:
+        pass

@@ -81,12 +81,17 @@ class AppState:
         queues = self.engines.cpu
         return {"asr": queues.asr.waiting, "tts": queues.tts.waiting}
 
-    def admit_session(self) -> None:
-        """Room for one more realtime session, or HttpError 429 (a WebSocket handshake is refused with it)."""
+    def admit_session(self, owner: str | None = None) -> None:
+        """Room for one more realtime session (of ``owner``, an API key's fingerprint: see
+        ``access.session_owner``), or HttpError 429 (a WebSocket handshake is refused with it)."""
         limit = self.settings.max_sessions
         if limit and len(self.sessions) >= limit:
             raise HttpError(429, f"The server is at its limit of {limit} concurrent sessions; try again later.",
                             "too_many_sessions")
+        per_key = self.settings.max_sessions_per_key
+        if owner is not None and per_key and sum(1 for s in self.sessions if s.owner == owner) >= per_key:
+            raise HttpError(429, f"This API key already has {per_key} realtime sessions open (tokens it minted "
+                            "included); close one or try again later.", "too_many_sessions_for_key")
 
     def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
         """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.

@@ -138,6 +138,7 @@ class RecordingSink:
         self.chunks: list[AudioChunk] = []
         self.ended: list[tuple[str, str]] = []
         self.clears = 0
+        self.hangups: list[str] = []  # end(reason): the session ended itself
 
     def send_event(self, event: ev.ServerEvent) -> None:
         self.events.append(event)
@@ -155,6 +156,9 @@ class RecordingSink:
 
     def playback_position(self, item_id: str) -> float | None:
         return None if self.positions is None else self.positions.get(item_id, 0.0)
+
+    def end(self, reason: str) -> None:
+        self.hangups.append(reason)
 
 
 def tone(ms: float, rate: int = 24_000, amplitude: int = 8000) -> bytes:

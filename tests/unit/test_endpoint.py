@@ -293,3 +293,19 @@ def test_a_barge_in_that_rises_above_the_gate_begins_where_its_voice_began() -> 
     feed_levels([QUIET] * 20, -60.0)
     later = ep.position_ms
     assert feed_levels([VOICE], -22.0) == [SpeechStarted(audio_start_ms=later)]
+
+
+def test_speech_longer_than_the_maximum_turn_stops_and_the_next_words_start_a_new_turn() -> None:
+    ep = Endpointer(EndpointConfig(), max_turn_ms=10 * HOP)
+    events = feed(ep, [VOICE] * 25)
+    kinds = [(hop, type(e).__name__) for hop, e in events]
+    # Started at hop 0 (confirmed on hop 1), cut when 10 hops had passed, restarted two hops later.
+    assert kinds[:3] == [(1, "SpeechStarted"), (9, "SpeechStopped"), (11, "SpeechStarted")]
+    stopped = events[1][1]
+    assert isinstance(stopped, SpeechStopped) and stopped.audio_end_ms == 10 * HOP
+    assert ep.in_speech
+
+
+def test_without_a_maximum_turn_speech_goes_on() -> None:
+    ep = Endpointer(EndpointConfig())
+    assert [type(e) for _, e in feed(ep, [VOICE] * 200)] == [SpeechStarted]

@@ -145,11 +145,15 @@ EndpointEvent = SpeechStarted | PauseStarted | JudgeTurn | SpeechResumed | Speec
 class Endpointer:
     """Feed :meth:`process` one VadScores per hop, in order; act on the events it returns."""
 
-    def __init__(self, config: EndpointConfig | None = None, hop_ms: float = 32.0) -> None:
+    def __init__(self, config: EndpointConfig | None = None, hop_ms: float = 32.0, *, max_turn_ms: float = 0.0) -> None:
         if hop_ms <= 0:
             raise EndpointConfigError(f"hop_ms must be positive, got {hop_ms}")
         self.config = config or EndpointConfig()
         self.hop_ms = hop_ms
+        #: The longest turn (0 = none): speech this long stops as if the person had paused, so the
+        #: input buffer of someone who never pauses stays bounded; their next word starts a new turn.
+        self.max_turn_ms = max_turn_ms
+        self._speech_start = 0  # first hop of the speech in progress
         self._hops = 0  # hops processed so far = index of the next hop
         self._window: deque[int] = deque()  # indexes of recent voiced hops, before onset
         self._run_start: int | None = None  # first voiced hop of a pending (debounced) onset
@@ -267,12 +271,17 @@ class Endpointer:
         self._window.clear()
         self._run_start = None
         self._in_speech = True
+        self._speech_start = start
         self._last_voiced = last
         self._end_pause()
         return [SpeechStarted(audio_start_ms=self._ms(start))]
 
     def _speak(self, hop: int, voiced: bool, silent: bool) -> list[EndpointEvent]:
         cfg = self.config
+        if self.max_turn_ms > 0 and self._ms(hop + 1) - self._ms(self._speech_start) >= self.max_turn_ms:
+            self._in_speech = False
+            self._end_pause()
+            return [SpeechStopped(audio_end_ms=self._ms(hop + 1))]
         if voiced:
             self._last_voiced = hop
             resumed = self._paused

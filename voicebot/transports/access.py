@@ -73,9 +73,7 @@ def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | 
     auth = state.auth
     if not auth.required:
         return state
-    key = bearer(conn.headers)
-    if key is None and conn.scope["type"] == "websocket":
-        key = subprotocol_key(conn.scope.get("subprotocols", []))
+    key = presented_credential(conn)
     if key is not None:
         if auth.accepts(key) if access.client_tokens else auth.is_api_key(key):
             return state
@@ -87,6 +85,26 @@ def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | 
         raise HttpError(401, "The token is invalid or expired; mint a new one.", "invalid_token")
     hint = " Send Authorization: Bearer, or ?token=." if access.query_token else ""
     raise HttpError(401, f"Missing API key.{hint}", "invalid_api_key")
+
+
+def presented_credential(conn: HTTPConnection) -> str | None:
+    """The credential in the headers: ``Authorization: Bearer``, else (WebSockets) the key subprotocol."""
+    key = bearer(conn.headers)
+    if key is None and conn.scope["type"] == "websocket":
+        key = subprotocol_key(conn.scope.get("subprotocols", []))
+    return key
+
+
+def session_owner(conn: HTTPConnection, state: AppState, access: Access = BROWSER) -> str | None:
+    """Whose realtime sessions this (authorized) connection opens, for --max-sessions-per-key: the
+    API key's fingerprint, or for a client token the minting key's. None without API keys: then
+    there is nobody to count against, and --max-sessions alone bounds the server."""
+    if not state.auth.required:
+        return None
+    credential = presented_credential(conn)
+    if credential is None and access.query_token:
+        credential = conn.query_params.get("token")
+    return state.auth.owner(credential) if credential else None
 
 
 def error_response(err: HttpError) -> JSONResponse:

@@ -22,12 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from voicebot.auth import bearer
 from voicebot.core import events as ev
 from voicebot.errors import HttpError
 from voicebot.session_config import SessionConfig
 from voicebot.state import AppState
-from voicebot.transports.access import API_KEY_ONLY, app_state, authorize, check_origin
+from voicebot.transports.access import API_KEY_ONLY, app_state, authorize, check_origin, session_owner
 from voicebot.transports.http_common import json_errors, read_model
 
 #: The demo page mints a token right before it connects, so it needs only a short one; an open
@@ -67,7 +66,7 @@ def default_session(state: AppState) -> dict[str, Any]:
     }
 
 
-def _secret(state: AppState, ttl_s: float, owner: str | None = None) -> dict[str, Any]:
+def _secret(state: AppState, ttl_s: float, owner: str | None) -> dict[str, Any]:
     value, expires_at = state.auth.tokens.mint(ttl_s, owner=owner)
     return {"value": value, "expires_at": int(expires_at), "session": default_session(state)}
 
@@ -78,8 +77,8 @@ async def create_client_secret(request: Request) -> Response:
     state = authorize(request, API_KEY_ONLY)
     parsed = await read_model(request, ClientSecretRequest, MAX_REQUEST_BYTES, empty_ok=True)
     ttl = (parsed.expires_after or ExpiresAfter()).seconds
-    # The token's requests count against the minting key's rate limit (transports/rate_limit.py).
-    return JSONResponse(_secret(state, ttl, owner=state.auth.principal(bearer(request.headers))))
+    # The token's sessions count against the key that minted it (--max-sessions-per-key).
+    return JSONResponse(_secret(state, ttl, session_owner(request, state)))
 
 
 @json_errors
@@ -90,7 +89,9 @@ async def create_demo_secret(request: Request) -> Response:
         raise HttpError(403, "This server requires an API key and does not hand out demo tokens. Paste a client "
                         "token minted with POST /v1/realtime/client_secrets, or start the server with "
                         "--demo-page-tokens.", "demo_tokens_disabled", auth_required=True)
-    return JSONResponse({**_secret(state, DEMO_TOKEN_TTL_S), "auth_required": state.auth.required})
+    # Demo tokens have no key behind them: each browser address is its own owner.
+    owner = f"demo:{request.client.host if request.client else '?'}"
+    return JSONResponse({**_secret(state, DEMO_TOKEN_TTL_S, owner), "auth_required": state.auth.required})
 
 
 routes = [

@@ -23,10 +23,9 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from voicebot.auth import bearer, subprotocol_key
 from voicebot.errors import HttpError
 from voicebot.state import AppState
-from voicebot.transports.access import error_response, refuse
+from voicebot.transports.access import error_response, presented_credential, refuse
 
 #: The API's paths; everything else (probes, the OpenAPI document, static files) goes uncounted.
 LIMITED_PREFIXES = ("/v1/", "/telephony/")
@@ -40,12 +39,10 @@ def rate_limited(retry_after: int, per_minute: int) -> HttpError:
 
 def client_of(conn: HTTPConnection, state: AppState) -> str:
     """The rate-limit bucket of a request: its API key's id, else its client IP."""
-    credential = bearer(conn.headers)
-    if credential is None and conn.scope["type"] == "websocket":
-        credential = subprotocol_key(conn.scope.get("subprotocols", []))
+    credential = presented_credential(conn)
     if credential is None:
         credential = QueryParams(conn.scope.get("query_string", b"")).get("token")
-    principal = state.auth.principal(credential)
+    principal = state.auth.owner(credential)
     if principal is not None:
         return principal
     return "ip:" + (conn.client.host if conn.client else "unknown")

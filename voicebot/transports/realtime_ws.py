@@ -22,7 +22,7 @@ from voicebot.core.audio import AudioFormat
 from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
 from voicebot.sink import AudioChunk
-from voicebot.transports.access import BROWSER, authorize, refuse
+from voicebot.transports.access import BROWSER, authorize, refuse, session_owner
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ DELTA_MS = 100.0
 #: The close code at shutdown: 1001 "going away" (RFC 6455), what browsers and the SDKs expect of a
 #: server that leaves. No ``error`` event first (the hosted API sends none): the close reason says it.
 GOING_AWAY = 1001
+#: The close code when the session ended itself (session_expired, idle_timeout): 1008 policy violation.
+POLICY_VIOLATION = 1008
 
 
 class WebSocketSink:
@@ -58,7 +60,9 @@ class WebSocketSink:
         self.outbox: deque[ev.ServerEvent | AudioChunk] = deque()
         self.wake = asyncio.Event()
         self.closed = False
-        self.farewell: str | None = None  # set at shutdown: close the socket with 1001 and this reason
+        #: How the writer closes the socket once the outbox is sent: 1001 at shutdown, 1008 when the
+        #: session ended itself (a time limit); None = the client went away, nothing to send.
+        self.close_with: tuple[int, str] | None = None
         self.max_outbox = max_outbox or MAX_OUTBOX_EVENTS
         #: Set once the outbox is full: nothing more is queued, the connection is to be closed.
         self.overflowed = asyncio.Event()
@@ -95,7 +99,12 @@ class WebSocketSink:
 
     def go_away(self, reason: str) -> None:
         """Shutdown: send what is queued, then close the socket with 1001 (going away) and ``reason``."""
-        self.farewell = reason
+        self.close_with = (GOING_AWAY, reason)
+        self.close()
+
+    def end(self, reason: str) -> None:
+        """A time limit ran out: the writer sends what is queued (the ``error`` event), then closes 1008."""
+        self.close_with = (POLICY_VIOLATION, reason)
         self.close()
 
     async def write(self, websocket: WebSocket) -> None:
@@ -110,9 +119,10 @@ class WebSocketSink:
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     return
             if self.closed:
-                if self.farewell is not None:  # the reader then sees the client's close and ends
+                if self.close_with is not None:  # the reader then sees the client's close and ends
+                    code, reason = self.close_with
                     with contextlib.suppress(Exception):
-                        await websocket.close(code=GOING_AWAY, reason=self.farewell)
+                        await websocket.close(code=code, reason=reason)
                 return
             self.wake.clear()
             await self.wake.wait()
@@ -121,7 +131,8 @@ class WebSocketSink:
 async def realtime_endpoint(websocket: WebSocket) -> None:
     try:
         state = authorize(websocket, BROWSER)
-        state.admit_session()
+        owner = session_owner(websocket, state)
+        state.admit_session(owner)
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
         await refuse(websocket, err)
@@ -131,7 +142,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
 
     sink = WebSocketSink()
     session = Session(state.engines, state.settings, sink, conversation=conversation,
-                      model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics)
+                      model=websocket.query_params.get("model") or "voicebot", metrics=state.metrics, owner=owner)
     state.sessions.add(session)
     state.sockets.add(sink)
     # Three owned tasks, all awaited here: whichever ends first ends the connection, with a reason.

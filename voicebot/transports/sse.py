@@ -94,7 +94,7 @@ async def mint_token(request: Request) -> Response:
     state = authorize(request, API_KEY_ONLY)
     shared = state.hub.get(_conversation_id(request))
     token, expires_at = state.auth.tokens.mint(state.settings.sse_token_ttl_s, scope=token_scope(shared.id),
-                                               owner=state.auth.principal(bearer(request.headers)))
+                                               owner=state.auth.owner(bearer(request.headers)))
     return JSONResponse({"token": token, "expires_at": int(expires_at), "conversation_id": shared.id})
 
 

@@ -37,7 +37,7 @@ from voicebot.session import Session
 from voicebot.sink import AudioChunk
 from voicebot.state import AppState
 from voicebot.tasks import OwnedTasks
-from voicebot.transports.access import CARRIER, app_state, authorize, refuse
+from voicebot.transports.access import CARRIER, app_state, authorize, refuse, session_owner
 from voicebot.transports.carriers import CARRIERS
 from voicebot.transports.carriers.base import (
     BadFrame,
@@ -88,8 +88,9 @@ class CallBridge:
     holds_output = True
 
     def __init__(self, state: AppState, carrier: str, serializer: Serializer, websocket: WebSocket,
-                 conversation: Conversation | None) -> None:
+                 conversation: Conversation | None, owner: str | None = None) -> None:
         self.id = ev.new_id("tel")
+        self.owner = owner  # the API key in the stream URL (fingerprint), for --max-sessions-per-key
         self.state = state
         self.settings = state.settings
         self.serializer = serializer
@@ -233,7 +234,7 @@ class CallBridge:
         session = self.session = Session(self.state.engines, self.settings, self, conversation=conversation,
                                          model=f"telephony-{self.stats.carrier}",
                                          output_lead_ms=self.settings.telephony_lead_ms,
-                                         metrics=self.state.metrics)
+                                         metrics=self.state.metrics, owner=self.owner)
         self.state.sessions.add(session)
         self.stats.call_id = start.call_id
         self.stats.conversation_id = session.conversation.id
@@ -283,6 +284,10 @@ class CallBridge:
     def playback_position(self, item_id: str) -> float | None:
         """The audio of the item covered by the last mark the carrier echoed."""
         return self.playout.heard_ms.get(item_id, 0.0) if self.playout is not None else None
+
+    def end(self, reason: str) -> None:
+        """The session ended itself (a time limit): hang up (close the media stream with 1008)."""
+        self.stop(reason, code=1008)
 
     async def _write(self) -> None:
         """Send what the session handed over, at once: it is already paced (marks right after their audio)."""
@@ -373,13 +378,14 @@ async def media_endpoint(websocket: WebSocket) -> None:
         if make is None:
             raise HttpError(404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.", "unknown_carrier")
         state = _authorize_carrier(websocket, carrier)
-        state.admit_session()
+        owner = session_owner(websocket, state, CARRIER)
+        state.admit_session(owner)
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
         await refuse(websocket, err)
         return
     await websocket.accept()
-    bridge = CallBridge(state, carrier, make(), websocket, conversation)
+    bridge = CallBridge(state, carrier, make(), websocket, conversation, owner)
     await state.calls.run(bridge, bridge.run())
 
 

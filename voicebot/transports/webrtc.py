@@ -44,7 +44,7 @@ from voicebot.session import Session
 from voicebot.sink import AudioChunk
 from voicebot.state import AppState
 from voicebot.tasks import OwnedTasks
-from voicebot.transports.access import BROWSER, authorize
+from voicebot.transports.access import BROWSER, authorize, session_owner
 from voicebot.transports.http_common import json_errors
 from voicebot.transports.rtc_audio import RTC_FORMAT, PlayoutTrack, read_track
 from voicebot.transports.rtc_ice import IceConfigError, candidate_addresses, host_addresses, rtc_configuration
@@ -56,6 +56,7 @@ KIND = "webrtc"
 ANSWER_TIMEOUT_S = 10.0
 MAX_PENDING_EVENTS = 1000  # server events queued until the data channel opens
 MAX_INBOX = 1000  # client events waiting for the session
+HANGUP_FLUSH_S = 0.3  # a session that ends itself lets its error event leave for this long, then hangs up
 CHUNK_MS = 100.0  # audio chunks pushed to the track (the track plays them in 20 ms frames)
 
 
@@ -71,7 +72,8 @@ class RtcCall:
     chunk_ms = CHUNK_MS
     holds_output = True
 
-    def __init__(self, state: AppState, offer: Offer, *, model: str, conversation: Conversation | None) -> None:
+    def __init__(self, state: AppState, offer: Offer, *, model: str, conversation: Conversation | None,
+                 owner: str | None = None) -> None:
         settings = state.settings
         self.id = ev.new_id("rtc")
         self.state = state
@@ -79,7 +81,7 @@ class RtcCall:
         self.pc = RTCPeerConnection(rtc_configuration(settings.ice_servers))
         self.track = PlayoutTrack(on_started=self._on_playout_started, on_stopped=self._on_playout_stopped)
         self.session = Session(state.engines, settings, self, conversation=conversation, model=model,
-                               output_lead_ms=settings.webrtc_output_lead_ms, metrics=state.metrics)
+                               output_lead_ms=settings.webrtc_output_lead_ms, metrics=state.metrics, owner=owner)
         self.channel: RTCDataChannel | None = None
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
@@ -90,6 +92,7 @@ class RtcCall:
         self._wake = asyncio.Event()
         self._tasks = OwnedTasks(self.id, lambda task, exc: self.stop(f"internal error in {task.get_name()}: {exc}"))
         self._has_reader = False
+        self._refusing: str | None = None  # the code microphone frames are being refused with
         self._torn_down = False
         self.pc.on("connectionstatechange", self._guarded(self._on_connection_state))
         self.pc.on("datachannel", self._guarded(self._on_datachannel))
@@ -169,6 +172,15 @@ class RtcCall:
             await self._tasks.cancel_all(5.0)
             log.info("call %s ended: %s", self.id, self.end_reason)
 
+    def end(self, reason: str) -> None:
+        """The session ended itself (a time limit): hang up once its ``error`` event has left."""
+        self._tasks.spawn(self._hang_up_after_events(reason), "hang-up")
+
+    async def _hang_up_after_events(self, reason: str) -> None:
+        # channel.send() only queues for SCTP: give the packet time to leave before the connection closes.
+        await asyncio.sleep(HANGUP_FLUSH_S)
+        self.stop(reason)
+
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected" and self.connected_at is None:
@@ -193,7 +205,13 @@ class RtcCall:
 
     def _on_audio(self, pcm: bytes, fmt: AudioFormat) -> None:
         self.last_media = time.monotonic()
-        self.session.feed_audio(pcm, fmt)
+        try:
+            self.session.feed_audio(pcm, fmt)
+            self._refusing = None
+        except ProtocolError as err:  # e.g. input_audio_buffer_full with turn detection off
+            if err.code != self._refusing:  # once per run of refused frames, not 50 errors a second
+                self._refusing = err.code
+                self.session.emit(ev.error_event(err))
 
     # --- events in -------------------------------------------------------------------------------
 
@@ -302,7 +320,8 @@ def _check_new_offer(state: AppState, offer: Offer) -> None:
 @json_errors
 async def create_call(request: Request) -> Response:
     state = authorize(request, BROWSER)
-    state.admit_session()
+    owner = session_owner(request, state)
+    state.admit_session(owner)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/sdp":
         raise HttpError(400, f"Content-Type must be application/sdp (got {content_type or 'none'}): "
@@ -317,7 +336,8 @@ async def create_call(request: Request) -> Response:
                         "try again later.", "too_many_calls")
     conversation = state.resolve_conversation(request.query_params.get("conversation"))
     try:
-        call = RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation)
+        call = RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation,
+                       owner=owner)
     except IceConfigError as err:
         log.error("WebRTC is misconfigured: %s", err)
         raise HttpError(500, f"The server's ICE configuration is invalid: {err}", "server_misconfigured",
