@@ -43,8 +43,7 @@ from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import EchoCanceller, Engines
-from voicebot.engines.faults import ASR_FAILED, engine_call
-from voicebot.errors import EngineError, ProtocolError
+from voicebot.errors import ProtocolError
 from voicebot.hearing import BufferFull, Hearing
 from voicebot.metrics import Metrics
 from voicebot.reply import ReplyTimings
@@ -52,6 +51,7 @@ from voicebot.responses import ResponseContext, Responses, Speculation
 from voicebot.session_config import SessionConfig, apply_update, session_wire
 from voicebot.sink import OutputSink
 from voicebot.tasks import OwnedTasks
+from voicebot.transcripts import Transcripts
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ MIN_COMMIT_MS = 100  # the hosted API refuses commits shorter than this too
 #: After this long, close() logs the tasks that are still stopping (engine threads check a stop
 #: flag) and goes on waiting for them: a session ends after its last task.
 CLOSE_TIMEOUT_S = 5.0
-#: A reply waits for the user turns before it to be transcribed at most the ASR's own bound
-#: (--engine-timeout-s, which fails the transcription) plus this, so that bound decides first.
-TRANSCRIPTS_GRACE_S = 5.0
 
 
 class Session:
@@ -111,11 +108,9 @@ class Session:
         self.speculation: Speculation | None = None
         self.turn_complete_probability: float | None = None  # the turn model's last verdict
         self._prefill: asyncio.Task[None] | None = None  # new instructions being prefilled
-        #: Item id -> the task that transcribes it and files the result (or the failure).
-        self.transcriptions: dict[str, asyncio.Task[None]] = {}
-        #: Transcriptions that failed since the last reply looked: that reply fails with their error.
-        self._asr_failures: dict[str, EngineError] = {}
         self._tasks = OwnedTasks(self.id, self._task_failed)
+        self.transcripts = Transcripts(engines, settings, self.conversation, lambda: self.config, self.emit,
+                                       self.spawn)
         #: One LLM request of this session at a time (see ResponseContext.llm_lock).
         self.llm_lock = asyncio.Lock()
         self._closed = False
@@ -125,7 +120,7 @@ class Session:
             session_id=self.id, engines=engines, settings=settings, conversation=self.conversation,
             turns=self.turns, sink=sink, clock=self.playout, speaker=self.speaker, config=lambda: self.config,
             emit=self.emit,
-            spawn=self.spawn, transcripts_ready=self._transcripts_ready, llm_lock=self.llm_lock,
+            spawn=self.spawn, transcripts_ready=self.transcripts.ready, llm_lock=self.llm_lock,
             on_reply_done=self._reply_done))
 
     def _fixed_media(self, config: SessionConfig) -> SessionConfig:
@@ -383,8 +378,7 @@ class Session:
         endpoint = self.hearing.endpoint or EndpointConfig()
         # Needed when the pause would end the turn: its silence minus what has passed of it.
         slack_s = max(0, endpoint.silence_duration_ms - endpoint.speculate_after_ms) / 1000
-        task = self.spawn(self._transcribe(self.hearing.speech_audio(), slack_s=slack_s), "speculative-asr",
-                          awaited=True)
+        task = self.transcripts.start(self.hearing.speech_audio(), slack_s=slack_s, name="speculative-asr")
         self.speculation = Speculation(task)
         if self.settings.speculative_replies:
             self.spawn(self.responses.think_ahead(self.speculation), "think-ahead")
@@ -435,65 +429,8 @@ class Session:
         previous = self.conversation.add(item)
         self.emit(ev.server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id))
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-        self._transcribe_item(item, transcript or self.spawn(self._transcribe(audio), "asr", awaited=True))
+        self.transcripts.file(item, transcript or self.transcripts.start(audio))
         return item
-
-    # --- transcription -------------------------------------------------------------------------
-
-    async def _transcribe(self, audio: Int16Array, *, slack_s: float = 0.0) -> str:
-        """The text of ``audio``; ``slack_s`` = how long until someone waits for it (the server's
-        ASR queue serves the most urgent first)."""
-        language = (self.config.transcription or {}).get("language") or self.settings.asr_language or None
-        async with engine_call(ASR_FAILED, "the ASR", self.settings.engine_timeout_s + slack_s):
-            return await self.engines.cpu.asr.run(time.monotonic() + slack_s, self.engines.asr.transcribe,
-                                                  int16_to_float32(audio), language)
-
-    def _transcribe_item(self, item: Item, task: asyncio.Task[str]) -> None:
-        self.transcriptions[item.id] = self.spawn(self._finish_transcription(item, task), "asr-result")
-
-    async def _transcripts_ready(self) -> None:
-        """Until the user turns so far are transcribed; a failed one fails the reply with its error
-        (an answer to a turn nobody heard would be a guess)."""
-        pending = list(self.transcriptions.values())
-        if pending:
-            timeout = (self.settings.engine_timeout_s if self.settings.engine_timeout_s > 0 else 30.0) \
-                + TRANSCRIPTS_GRACE_S
-            _, late = await asyncio.wait([asyncio.shield(t) for t in pending], timeout=timeout)
-            if late:  # a stalled ASR must not stall the conversation: answer with what is there
-                log.warning("session %s: %d transcription(s) still running after %.0f s; replying without them",
-                            self.id, len(late), timeout)
-        failures, self._asr_failures = self._asr_failures, {}
-        if failures:
-            raise next(iter(failures.values()))
-
-    async def _finish_transcription(self, item: Item, task: asyncio.Task[str]) -> None:
-        started = time.monotonic()
-        try:
-            transcript = (await asyncio.shield(task)).strip()
-        except Exception as exc:
-            log.warning("session %s: transcription of %s failed: %s", self.id, item.id, exc)
-            item.text = ""
-            failure = exc if isinstance(exc, EngineError) else EngineError(str(exc), code=ASR_FAILED)
-            self._asr_failures[item.id] = failure
-            if self.config.transcription is not None:
-                self.emit(ev.server_event(
-                    "conversation.item.input_audio_transcription.failed", item_id=item.id, content_index=0,
-                    error={"type": "transcription_error", "code": failure.code, "message": str(exc)}))
-            return
-        finally:
-            self.transcriptions.pop(item.id, None)
-        item.text = transcript
-        self.conversation.notify("updated", item)
-        if self.config.transcription is not None:
-            ids = {"item_id": item.id, "content_index": 0}
-            if transcript:
-                self.emit(ev.server_event("conversation.item.input_audio_transcription.delta", delta=transcript, **ids))
-            self.emit(ev.server_event(
-                "conversation.item.input_audio_transcription.completed", transcript=transcript,
-                usage={"type": "duration", "seconds": round(item.audio_ms / 1000, 3)}, **ids))
-        self.emit(ev.server_event("conversation.item.done", previous_item_id=self.conversation.previous_id(item.id),
-                                  item=item.to_wire()))
-        log.debug("transcribed %s in %.0f ms: %r", item.id, (time.monotonic() - started) * 1000, transcript)
 
     # --- conversation items --------------------------------------------------------------------
 
@@ -513,7 +450,7 @@ class Session:
                         audio_ms=samples.size * 1000 / ENGINE_RATE)
             previous = self.conversation.add(item, previous_item_id, event_id=event_id)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
-            self._transcribe_item(item, self.spawn(self._transcribe(samples), "asr", awaited=True))
+            self.transcripts.file(item, self.transcripts.start(samples))
             return item
         text = part.text if part.text is not None else part.transcript
         if text is None:

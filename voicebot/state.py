@@ -43,6 +43,18 @@ class Departing(Protocol):
     def go_away(self, reason: str) -> None: ...
 
 
+@dataclass(eq=False)
+class Seat:
+    """A place among --max-sessions (and its owner's --max-sessions-per-key), held from the
+    handshake until the session ends; :meth:`release` is idempotent."""
+
+    owner: str | None
+    _seats: set[Seat]
+
+    def release(self) -> None:
+        self._seats.discard(self)
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -50,6 +62,7 @@ class AppState:
     auth: Authenticator
     hub: ConversationHub
     sessions: set[Session] = field(default_factory=set)  # every live realtime session, any transport
+    seats: set[Seat] = field(default_factory=set)  # sessions admitted (being set up, or live): the limits count these
     calls: CallRegistry = field(default_factory=CallRegistry)  # WebRTC and telephony calls
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
@@ -81,17 +94,25 @@ class AppState:
         queues = self.engines.cpu
         return {"asr": queues.asr.waiting, "tts": queues.tts.waiting}
 
-    def admit_session(self, owner: str | None = None) -> None:
-        """Room for one more realtime session (of ``owner``, an API key's fingerprint: see
-        ``access.session_owner``), or HttpError 429 (a WebSocket handshake is refused with it)."""
+    def admit_session(self, owner: str | None = None) -> Seat:
+        """A seat for one more realtime session (of ``owner``, an API key's fingerprint: see
+        ``access.session_owner``), or HttpError 429 (a WebSocket handshake is refused with it).
+
+        The seat counts from this moment, not from when the session exists: a transport awaits
+        between the two (the WebSocket accept, reading an SDP offer, a carrier's ``start`` frame),
+        and handshakes racing each other must not all get in. The transport releases it when the
+        session (or the attempt) ends."""
         limit = self.settings.max_sessions
-        if limit and len(self.sessions) >= limit:
+        if limit and len(self.seats) >= limit:
             raise HttpError(429, f"The server is at its limit of {limit} concurrent sessions; try again later.",
                             "too_many_sessions")
         per_key = self.settings.max_sessions_per_key
-        if owner is not None and per_key and sum(1 for s in self.sessions if s.owner == owner) >= per_key:
+        if owner is not None and per_key and sum(1 for seat in self.seats if seat.owner == owner) >= per_key:
             raise HttpError(429, f"This API key already has {per_key} realtime sessions open (tokens it minted "
                             "included); close one or try again later.", "too_many_sessions_for_key")
+        seat = Seat(owner, self.seats)
+        self.seats.add(seat)
+        return seat
 
     def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
         """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.

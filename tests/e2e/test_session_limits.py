@@ -178,3 +178,39 @@ async def test_a_webrtc_call_past_the_maximum_length_gets_the_error_then_is_hung
         finally:
             await client.close()
         await wait_no_sessions(server)
+
+
+@pytest.mark.parametrize(("limits", "allowed", "code"), [
+    ({"max_sessions_per_key": 2, "max_sessions": 10}, 2, "too_many_sessions_for_key"),
+    ({"max_sessions_per_key": 0, "max_sessions": 3}, 3, "too_many_sessions"),
+])
+async def test_handshakes_racing_each_other_cannot_overshoot_the_limits(
+        limits: dict[str, int], allowed: int, code: str) -> None:
+    """A seat is taken at admission, before the awaits between the handshake and the session
+    (here a carrier's media streams, whose session exists only once the ``start`` frame comes —
+    these never send one): of 8 streams opened at once, exactly the allowed number get in, and
+    every seat comes back when they go."""
+    with ThreadServer(api_keys=(KEY,), **limits) as server:
+        url = f"ws://127.0.0.1:{server.port}/telephony/twilio/media?token={KEY}"
+
+        async def attempt() -> Any:
+            try:
+                return await websockets.connect(url)
+            except InvalidStatus as refusal:
+                return refusal.response
+
+        results = await asyncio.gather(*(attempt() for _ in range(8)))
+        opened = [r for r in results if not isinstance(r, websockets.Response)]
+        refusals = [r for r in results if isinstance(r, websockets.Response)]
+        try:
+            assert len(opened) == allowed
+            assert [r.status_code for r in refusals] == [429] * (8 - allowed)
+            assert all(json.loads(r.body)["error"]["code"] == code for r in refusals)
+        finally:
+            for ws in opened:
+                await ws.close()
+        await wait_no_sessions(server)
+        deadline = time.monotonic() + scaled(5)
+        while server.state.seats and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not server.state.seats, "every seat was given back"

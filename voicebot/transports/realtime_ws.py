@@ -19,9 +19,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from voicebot import logs
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat
+from voicebot.core.conversation import Conversation
 from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
 from voicebot.sink import AudioChunk
+from voicebot.state import AppState, Seat
 from voicebot.transports.access import BROWSER, authorize, refuse, session_owner
 
 log = logging.getLogger(__name__)
@@ -129,14 +131,24 @@ class WebSocketSink:
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
+    seat: Seat | None = None
     try:
         state = authorize(websocket, BROWSER)
         owner = session_owner(websocket, state)
-        state.admit_session(owner)
+        seat = state.admit_session(owner)
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
     except HttpError as err:
+        if seat is not None:
+            seat.release()
         await refuse(websocket, err)
         return
+    try:
+        await _serve(websocket, state, owner, conversation)
+    finally:
+        seat.release()
+
+
+async def _serve(websocket: WebSocket, state: AppState, owner: str | None, conversation: Conversation | None) -> None:
     subprotocols = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol="realtime" if "realtime" in subprotocols else None)
 

@@ -42,7 +42,7 @@ from voicebot.core.conversation import Conversation
 from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
 from voicebot.sink import AudioChunk
-from voicebot.state import AppState
+from voicebot.state import AppState, Seat
 from voicebot.tasks import OwnedTasks
 from voicebot.transports.access import BROWSER, authorize, session_owner
 from voicebot.transports.http_common import json_errors
@@ -83,6 +83,7 @@ class RtcCall:
         self.session = Session(state.engines, settings, self, conversation=conversation, model=model,
                                output_lead_ms=settings.webrtc_output_lead_ms, metrics=state.metrics, owner=owner)
         self.channel: RTCDataChannel | None = None
+        self.seat: Seat | None = None  # its place among --max-sessions, given up at teardown
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         self.last_media = self.created_at
@@ -163,6 +164,8 @@ class RtcCall:
             await self.session.close()
         finally:
             self.state.sessions.discard(self.session)
+            if self.seat is not None:
+                self.seat.release()
             self.track.stop()
             try:
                 async with asyncio.timeout(5):
@@ -321,7 +324,34 @@ def _check_new_offer(state: AppState, offer: Offer) -> None:
 async def create_call(request: Request) -> Response:
     state = authorize(request, BROWSER)
     owner = session_owner(request, state)
-    state.admit_session(owner)
+    seat = state.admit_session(owner)
+    try:
+        call = await _new_call(request, state, owner)
+    except BaseException:
+        seat.release()  # refused, or failed before there was a call
+        raise
+    call.seat = seat  # from here the call's teardown releases it
+    state.sessions.add(call.session)
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            answer = await call.answer()
+    except Exception as exc:
+        call.stop(f"could not answer: {exc}")
+        await call.teardown()
+        if isinstance(exc, TimeoutError):
+            raise HttpError(503, "Answering the offer took too long.", "answer_timeout") from None
+        detail = str(exc) or type(exc).__name__
+        raise HttpError(400, f"The offer cannot be answered: {detail}", "invalid_offer") from None
+    state.calls.start(call, call.run())
+    state.calls.answered(call.offer.key, call)
+    log.info("call %s: answered (%s%s)", call.id, "/".join(call.offer.codecs),
+             ", oai-events" if call.offer.has_data_channel else ", no data channel")
+    return Response(answer, status_code=201, media_type="application/sdp",
+                    headers={"Location": f"/v1/realtime/calls/{call.id}"})
+
+
+async def _new_call(request: Request, state: AppState, owner: str | None) -> RtcCall:
+    """The call for this request's SDP offer, or HttpError (4xx for the offer, 5xx for the server)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/sdp":
         raise HttpError(400, f"Content-Type must be application/sdp (got {content_type or 'none'}): "
@@ -336,29 +366,12 @@ async def create_call(request: Request) -> Response:
                         "try again later.", "too_many_calls")
     conversation = state.resolve_conversation(request.query_params.get("conversation"))
     try:
-        call = RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation,
+        return RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation,
                        owner=owner)
     except IceConfigError as err:
         log.error("WebRTC is misconfigured: %s", err)
         raise HttpError(500, f"The server's ICE configuration is invalid: {err}", "server_misconfigured",
                         type="server_error") from None
-    state.sessions.add(call.session)
-    try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            answer = await call.answer()
-    except Exception as exc:
-        call.stop(f"could not answer: {exc}")
-        await call.teardown()
-        if isinstance(exc, TimeoutError):
-            raise HttpError(503, "Answering the offer took too long.", "answer_timeout") from None
-        detail = str(exc) or type(exc).__name__
-        raise HttpError(400, f"The offer cannot be answered: {detail}", "invalid_offer") from None
-    state.calls.start(call, call.run())
-    state.calls.answered(offer.key, call)
-    log.info("call %s: answered (%s%s)", call.id, "/".join(offer.codecs),
-             ", oai-events" if offer.has_data_channel else ", no data channel")
-    return Response(answer, status_code=201, media_type="application/sdp",
-                    headers={"Location": f"/v1/realtime/calls/{call.id}"})
 
 
 def _call_or_error(state: AppState, call_id: str) -> RtcCall:
