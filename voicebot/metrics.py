@@ -34,7 +34,8 @@ class _Live(Collector):
         for transport, count in self._sessions().items():
             active.add_metric([transport], count)
         yield active
-        depth = GaugeMetricFamily("voicebot_engine_queue_depth", "Engine calls waiting for a CPU slot.",
+        depth = GaugeMetricFamily("voicebot_engine_queue_depth",
+                                  "Engine calls waiting for a CPU (asr, tts) or generation (llm) slot.",
                                   labels=["queue"])
         for queue, waiting in self._queues().items():
             depth.add_metric([queue], waiting)

@@ -92,7 +92,7 @@ class AppState:
 
     def queue_depths(self) -> dict[str, int]:
         queues = self.engines.cpu
-        return {"asr": queues.asr.waiting, "tts": queues.tts.waiting}
+        return {"asr": queues.asr.waiting, "tts": queues.tts.waiting, "llm": self.engines.llm.waiting}
 
     def admit_session(self, owner: str | None = None) -> Seat:
         """A seat for one more realtime session (of ``owner``, an API key's fingerprint: see

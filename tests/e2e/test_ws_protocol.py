@@ -212,6 +212,7 @@ async def test_a_voice_turn_shows_in_the_metrics(server: ThreadServer) -> None:
     assert 0.25 < v2v < 10, "at least the 300 ms of silence that ended the turn"
     assert after["voicebot_errors_total[('kind', 'item_not_found')]"] >= 1
     assert "voicebot_engine_queue_depth[('queue', 'asr')]" in after
+    assert "voicebot_engine_queue_depth[('queue', 'llm')]" in after
 
 
 # --- limits -----------------------------------------------------------------------------------------

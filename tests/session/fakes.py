@@ -63,6 +63,7 @@ class SlowLlm:
         self.prefills: list[list[ChatMessage]] = []
         self.active = 0
         self.closed = 0
+        self.waiting = 0  # no generation slots to wait for
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int,
                      temperature: float) -> AsyncIterator[str]:

@@ -51,6 +51,9 @@ class LanguageModel(Protocol):
     """Streams the assistant's reply token by token (text pieces, not ids)."""
 
     name: str
+    #: Replies waiting for a generation slot of their own (the embedded model's --llm-parallel;
+    #: always 0 for a remote server, which queues on its side). /metrics shows it.
+    waiting: int
 
     def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float

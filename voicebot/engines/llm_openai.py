@@ -36,6 +36,7 @@ class OpenAIChatModel:
         self.base_url = base_url
         self._extra_body = dict(extra_body or {})
         self.name = model or "default"
+        self.waiting = 0  # the server queues requests on its side
         self._model = model or "default"
         # The client requires a key; local servers ignore it.
         self._client = AsyncOpenAI(
