@@ -273,9 +273,28 @@ def is_loopback(host: str) -> bool:
         return False  # a hostname: it may resolve to anything
 
 
+#: Settings that count workers, threads or tokens: 0 would mean a server that cannot answer.
+AT_LEAST_ONE = ("asr_workers", "asr_threads", "llm_threads", "llm_parallel", "llm_context", "tts_threads",
+                "tts_workers", "max_response_tokens")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def startup_problems(settings: Settings) -> list[str]:
     """What makes these settings unsafe or impossible to serve with (empty = fine)."""
     problems = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if value < 0:  # no number here means anything below zero (0 = off, where off exists)
+            problems.append(f"{_flag(f.name)} {value:g}: must not be negative.")
+        elif f.name in AT_LEAST_ONE and value < 1:
+            problems.append(f"{_flag(f.name)} {value:g}: must be at least 1.")
+    if settings.tts_speed <= 0:
+        problems.append(f"--tts-speed {settings.tts_speed:g}: must be above 0.")
     if not is_loopback(settings.host) and not settings.auth_required and not settings.insecure:
         problems.append(f"--host {settings.host} is reachable from other machines, and no --api-key is set: "
                         "anyone could use this server. Set --api-key (or VOICEBOT_API_KEYS), or pass "

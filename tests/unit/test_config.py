@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,21 @@ def test_tls_needs_both_files_that_exist(tmp_path: Path) -> None:
     missing = config.startup_problems(config.from_env({}, ssl_certfile=str(cert), ssl_keyfile="/nope.pem"))
     assert missing == ["--ssl-keyfile /nope.pem: no such file."]
     assert config.startup_problems(config.from_env({}, ssl_certfile=str(cert), ssl_keyfile=str(cert))) == []
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"idle_timeout_s": -1.0}, "--idle-timeout-s -1: must not be negative."),
+    ({"max_sessions_per_key": -2}, "--max-sessions-per-key -2: must not be negative."),
+    ({"engine_timeout_s": -0.5}, "--engine-timeout-s -0.5: must not be negative."),
+    ({"llm_parallel": 0}, "--llm-parallel 0: must be at least 1."),
+    ({"tts_speed": 0.0}, "--tts-speed 0: must be above 0."),
+])
+def test_numbers_out_of_range_are_refused_at_start(overrides: dict[str, Any], says: str) -> None:
+    assert says in config.startup_problems(config.from_env({}, **overrides))
+
+
+def test_the_defaults_and_zero_meaning_off_are_fine() -> None:
+    assert config.startup_problems(config.from_env({})) == []
+    off = {"max_sessions": 0, "rate_limit_per_minute": 0, "max_session_seconds": 0.0, "idle_timeout_s": 0.0,
+           "conversation_idle_ttl_s": 0.0, "llm_retries": 0}
+    assert config.startup_problems(config.from_env({}, **off)) == []
