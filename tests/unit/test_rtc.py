@@ -10,6 +10,8 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from voicebot.core.audio import AudioFormat, InputAudio
 from voicebot.transports.rtc_audio import FRAME_SAMPLES, RTC_RATE, PlayoutTrack, frame_to_mono, read_track
@@ -262,3 +264,42 @@ async def test_host_addresses_override_is_scoped() -> None:
 
 async def _gather() -> list[str]:
     return list(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
+
+
+_LINES = OFFER.strip().split("\n")
+
+
+@st.composite
+def mutated_offers(draw: st.DrawFn) -> bytes:
+    """A browser's offer with lines dropped, repeated, swapped or garbled, or plain noise."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=512))
+    lines = list(_LINES)
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["drop", "repeat", "swap", "garble", "truncate"]))
+        if action == "drop" and len(lines) > 1:
+            lines.pop(at)
+        elif action == "repeat":
+            lines.insert(at, lines[at])
+        elif action == "swap":
+            other = draw(st.integers(0, len(lines) - 1))
+            lines[at], lines[other] = lines[other], lines[at]
+        elif action == "garble":
+            lines[at] = draw(st.text(max_size=40))
+        else:
+            lines[at] = lines[at][: draw(st.integers(0, len(lines[at])))]
+    return "\r\n".join(lines).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_offers())
+def test_any_offer_body_is_an_offer_or_an_offer_error(body: bytes) -> None:
+    """The SDP parser is the WebRTC boundary: nothing a client posts gets past it as anything but
+    an :class:`OfferError` (a 400 naming the problem)."""
+    try:
+        offer = parse_offer(body)
+    except OfferError as err:
+        assert str(err)
+        return
+    assert offer.codecs and offer.ice_ufrag
