@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -142,3 +143,44 @@ async def test_text_turn_with_text_output(real_server: ServerProcess) -> None:
     assert "paris" in text.lower()
     assert rec.of("response.output_text.done")[0]["text"] == text.strip()
     assert not rec.of("response.output_audio.delta")
+
+
+def malformed_events() -> list[str]:
+    """Truncated, deep, oversize, wrongly typed and out-of-order events: each must get an ``error``."""
+    valid = [
+        {"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief."}},
+        {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                      "content": [{"type": "input_text", "text": "hi"}]}},
+        {"type": "input_audio_buffer.append", "audio": "AAAA"},
+    ]
+    out = [json.dumps(event)[: len(json.dumps(event)) // 2] for event in valid]  # cut mid-message
+    out += [
+        "[" * 20_000,  # deep
+        json.dumps({"type": "input_audio_buffer.clear", "event_id": "e" * 100_000}),  # oversize id
+        json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+            "type": "server_vad", "silence_duration_ms": "soon"}}}}}),  # wrong type
+        json.dumps({"type": "input_audio_buffer.append", "audio": "not base64!"}),
+        json.dumps({"type": "conversation.item.truncate", "item_id": "item_nope", "content_index": 0,
+                    "audio_end_ms": 10}),  # out of order: no such item
+        json.dumps({"type": "response.cancel"}),  # out of order: nothing to cancel
+        json.dumps({"type": "input_audio_buffer.commit"}),  # out of order: nothing to commit
+        json.dumps({"type": "no.such.event"}),
+    ]
+    return out
+
+
+async def test_after_malformed_events_the_session_holds_a_real_voice_turn(real_server: ServerProcess) -> None:
+    speech = utterance("goforward")
+    async with conversation(real_server) as (conn, rec, mic):
+        bad = malformed_events()
+        for raw in bad:
+            await conn._connection.send(raw)  # raw frames: the SDK would refuse to build these
+        await rec.wait_for("error", count=len(bad), timeout=scaled(20))
+        assert not rec.of("response.created"), "no bad event started a reply"
+        mic.say(silence24k(300) + to_pcm24k(speech.samples()))
+        done = await rec.wait_for("response.done", timeout=scaled(60))
+    assert len(rec.of("error")) == len(bad), "one error each, nothing else went wrong"
+    assert done["response"]["status"] == "completed"
+    transcript = rec.of("conversation.item.input_audio_transcription.completed")[-1]["transcript"]
+    assert wer(speech.text, transcript) <= 0.25, transcript
+    assert audio_of(rec, done["response"]["id"]).size > 24_000 * 0.3, "and it answered out loud"
