@@ -89,8 +89,15 @@ async def test_https_and_wss_with_the_servers_own_certificate(tls_server: TlsSer
 JS_DIR = ROOT / "tests" / "js"
 
 
-@pytest.mark.skipif(shutil.which("node") is None or not (JS_DIR / "node_modules" / "openai").is_dir(),
-                    reason="needs node and `npm ci` in tests/js (.ci/run does it)")
+def node_major() -> int:
+    if shutil.which("node") is None:
+        return 0
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout
+    return int(version.strip().lstrip("v").split(".")[0] or 0)
+
+
+@pytest.mark.skipif(node_major() < 20 or not (JS_DIR / "node_modules" / "openai").is_dir(),
+                    reason="needs node >= 20 (the openai package's floor) and `npm ci` in tests/js (.ci/run does it)")
 def test_npm_openai_realtime_client_holds_a_spoken_turn_over_wss(tls_server: TlsServer, tmp_path: Path) -> None:
     speech = utterance("goforward")
     pcm = tmp_path / "turn.pcm"
