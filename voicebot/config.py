@@ -140,8 +140,10 @@ class Settings:
     llm_first_token_timeout_s: float = field(default=30.0, metadata=_meta(
         "Longest the LLM may take to its first token (prompt evaluation, a remote server's queue and "
         "connection included); then the response fails with engine_timeout."))
-    llm_token_timeout_s: float = field(default=10.0, metadata=_meta(
-        "Longest gap between two LLM tokens before the response fails with engine_timeout."))
+    llm_token_timeout_s: float = field(default=30.0, metadata=_meta(
+        "Longest gap between two LLM tokens before the response fails with engine_timeout. Generous: on a "
+        "busy CPU another conversation's cold prompt evaluation pauses every reply's decoding for seconds "
+        "(measured: 10 s failed 20 of 65 turns of 4 people with --llm-cache-ram-mib 0)."))
     llm_threads: int = field(default=2, metadata=_meta("CPU threads for the embedded LLM."))
     llm_context: int = field(default=4096, metadata=_meta(
         "Context window (tokens) per conversation: the embedded LLM's size, and what a conversation's "
@@ -149,6 +151,10 @@ class Settings:
     llm_parallel: int = field(
         default=3, metadata=_meta("Concurrent generation slots in the embedded LLM (one per active reply).")
     )
+    llm_cache_ram_mib: int = field(default=1024, metadata=_meta(
+        "RAM (MiB) the embedded LLM may keep evaluated prompts of conversations that lost their slot in, "
+        "so they resume without a cold prompt evaluation. The server's RSS grows by up to this much as "
+        "conversations come and go, then stays. 0 = keep none."))
     model_dir: str = field(
         default="",
         metadata=_meta("Where assembled model files are kept (default: ~/.cache/voicebot/models)."),

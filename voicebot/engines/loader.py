@@ -51,7 +51,8 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
     model = _timed(
         "LLM (llama.cpp)",
         lambda: LlamaCppModel(
-            path, threads=settings.llm_threads, context=settings.llm_context, parallel=settings.llm_parallel
+            path, threads=settings.llm_threads, context=settings.llm_context, parallel=settings.llm_parallel,
+            cache_ram_mib=settings.llm_cache_ram_mib,
         ),
     )
     seconds = model.warm_up(settings.instructions)
