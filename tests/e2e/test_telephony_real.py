@@ -22,7 +22,7 @@ from faster_whisper import WhisperModel
 from scripts.phone_sim import RATE, call, to_ulaw
 from tests.conftest import free_port, scaled
 from tests.prompts import LONG_ANSWERS
-from tests.speech import missed, utterance, wer
+from tests.speech import missed, missed_chars, utterance, wer
 from voicebot.config import from_env
 from voicebot.core.audio import resample, ulaw2lin
 from voicebot.core.conversation import Conversation
@@ -171,4 +171,7 @@ async def test_phone_barge_in_clears_and_cuts_the_history_to_what_was_heard(serv
     assert spoken.startswith(item.text)
     # What the caller heard of that reply says the words the history kept.
     heard_samples = bytes(phone.heard[: audio_end_ms * 8])
-    assert missed(item.text, heard_text(whisper, heard_samples)) <= 0.5
+    heard = heard_text(whisper, heard_samples)
+    # Words, or (for a short cut, where two misheard words are a third of it) their sounds: an
+    # unrelated sentence scores 0.5 or more on letters, the right one misheard about 0.3.
+    assert missed(item.text, heard) <= 0.5 or missed_chars(item.text, heard) <= 0.35, (item.text, heard)
