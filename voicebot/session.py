@@ -159,11 +159,11 @@ class Session:
     def start(self) -> None:
         """``session.created``, and the session's time limits start (a realtime transport calls this;
         a headless text session never does, so it has no limits)."""
-        self._started_at = time.monotonic()
+        self._started_at = now = time.monotonic()
         log.info("session started (%s, conversation %s)", self.sink.kind, self.conversation.id)
         self.emit(ev.server_event("session.created", session=self.session_wire()))
-        self.limits = SessionClock(time.monotonic(), self.settings.max_session_seconds, self.settings.idle_timeout_s)
-        if self.limits.next_check(self.limits.started) is not None:
+        self.limits.restart(now)
+        if self.limits.next_check(now) is not None:
             self.spawn(self._watch_limits(), "limits")
 
     async def _watch_limits(self) -> None:

@@ -40,6 +40,16 @@ async def read_stream(http: httpx.AsyncClient, conversation: str, into: list[Sse
             into.append(event)
 
 
+async def listening(http: httpx.AsyncClient) -> tuple[str, list[SseEvent], asyncio.Task[None]]:
+    """A new conversation and a reader subscribed to its event stream: (id, its events, the reader)."""
+    conversation: str = (await http.post("/v1/conversations", json={})).json()["id"]
+    events: list[SseEvent] = []
+    opened = asyncio.Event()
+    reader = asyncio.create_task(read_stream(http, conversation, events, opened))
+    await asyncio.wait_for(opened.wait(), scaled(20))
+    return conversation, events, reader
+
+
 async def until_closed(ws: Any, into: list[dict[str, Any]]) -> ConnectionClosed:
     while True:
         try:
@@ -62,11 +72,7 @@ async def test_a_signal_closes_websockets_with_1001_ends_sse_streams_and_exits_0
     server = start_server("--api-key", API_KEY, "--shutdown-grace-s", "10")
     try:
         async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=scaled(60)) as http:
-            conversation = (await http.post("/v1/conversations", json={})).json()["id"]
-            events: list[SseEvent] = []
-            opened = asyncio.Event()
-            reader = asyncio.create_task(read_stream(http, conversation, events, opened))
-            await asyncio.wait_for(opened.wait(), scaled(20))
+            _, events, reader = await listening(http)
             async with websockets.connect(realtime_url(server), additional_headers=AUTH) as ws:
                 assert json.loads(await ws.recv())["type"] == "session.created"
                 signalled_at = time.monotonic()
@@ -93,11 +99,7 @@ async def test_a_reply_in_flight_is_spoken_to_its_end_before_the_socket_closes()
     server = start_server("--api-key", API_KEY, "--shutdown-grace-s", "90")
     try:
         async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=scaled(60)) as http:
-            conversation = (await http.post("/v1/conversations", json={})).json()["id"]
-            events: list[SseEvent] = []
-            opened = asyncio.Event()
-            reader = asyncio.create_task(read_stream(http, conversation, events, opened))
-            await asyncio.wait_for(opened.wait(), scaled(20))
+            conversation, events, reader = await listening(http)
             async with websockets.connect(realtime_url(server, conversation), additional_headers=AUTH,
                                           max_size=None) as ws:
                 assert json.loads(await ws.recv())["type"] == "session.created"

@@ -42,6 +42,10 @@ class SessionClock:
         self.idle_timeout_s = max(0.0, idle_timeout_s)
         self.last_activity = started
 
+    def restart(self, at: float) -> None:
+        """The session starts now (it was built a moment earlier): both limits count from ``at``."""
+        self.started = self.last_activity = at
+
     def touch(self, at: float) -> None:
         """Something happened at ``at`` (may lie in the future: audio that is still to play)."""
         if at > self.last_activity:

@@ -104,7 +104,7 @@ def session_owner(conn: HTTPConnection, state: AppState, access: Access = BROWSE
     credential = presented_credential(conn)
     if credential is None and access.query_token:
         credential = conn.query_params.get("token")
-    return state.auth.owner(credential) if credential else None
+    return state.auth.owner(credential)
 
 
 def error_response(err: HttpError) -> JSONResponse:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 
-from starlette.datastructures import QueryParams
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -41,7 +40,7 @@ def client_of(conn: HTTPConnection, state: AppState) -> str:
     """The rate-limit bucket of a request: its API key's id, else its client IP."""
     credential = presented_credential(conn)
     if credential is None:
-        credential = QueryParams(conn.scope.get("query_string", b"")).get("token")
+        credential = conn.query_params.get("token")
     principal = state.auth.owner(credential)
     if principal is not None:
         return principal

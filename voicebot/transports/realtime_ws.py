@@ -23,7 +23,7 @@ from voicebot.core.conversation import Conversation
 from voicebot.errors import HttpError, ProtocolError
 from voicebot.session import Session
 from voicebot.sink import AudioChunk
-from voicebot.state import AppState, Seat
+from voicebot.state import AppState
 from voicebot.transports.access import BROWSER, authorize, refuse, session_owner
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,12 @@ class WebSocketSink:
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
-    seat: Seat | None = None
     try:
         state = authorize(websocket, BROWSER)
         owner = session_owner(websocket, state)
-        seat = state.admit_session(owner)
         conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+        seat = state.admit_session(owner)  # last: nothing after it can refuse
     except HttpError as err:
-        if seat is not None:
-            seat.release()
         await refuse(websocket, err)
         return
     try:

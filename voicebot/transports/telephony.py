@@ -379,16 +379,12 @@ async def media_endpoint(websocket: WebSocket) -> None:
             raise HttpError(404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.", "unknown_carrier")
         state = _authorize_carrier(websocket, carrier)
         owner = session_owner(websocket, state, CARRIER)
-        seat = state.admit_session(owner)
+        conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+        seat = state.admit_session(owner)  # last: nothing after it can refuse
     except HttpError as err:
         await refuse(websocket, err)
         return
     try:
-        try:
-            conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
-        except HttpError as err:
-            await refuse(websocket, err)
-            return
         await websocket.accept()
         bridge = CallBridge(state, carrier, make(), websocket, conversation, owner)
         await state.calls.run(bridge, bridge.run())

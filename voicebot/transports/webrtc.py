@@ -73,7 +73,7 @@ class RtcCall:
     holds_output = True
 
     def __init__(self, state: AppState, offer: Offer, *, model: str, conversation: Conversation | None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, seat: Seat | None = None) -> None:
         settings = state.settings
         self.id = ev.new_id("rtc")
         self.state = state
@@ -83,7 +83,7 @@ class RtcCall:
         self.session = Session(state.engines, settings, self, conversation=conversation, model=model,
                                output_lead_ms=settings.webrtc_output_lead_ms, metrics=state.metrics, owner=owner)
         self.channel: RTCDataChannel | None = None
-        self.seat: Seat | None = None  # its place among --max-sessions, given up at teardown
+        self.seat = seat  # its place among --max-sessions, given up at teardown
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         self.last_media = self.created_at
@@ -326,11 +326,10 @@ async def create_call(request: Request) -> Response:
     owner = session_owner(request, state)
     seat = state.admit_session(owner)
     try:
-        call = await _new_call(request, state, owner)
+        call = await _new_call(request, state, owner, seat)  # from then on its teardown releases the seat
     except BaseException:
         seat.release()  # refused, or failed before there was a call
         raise
-    call.seat = seat  # from here the call's teardown releases it
     state.sessions.add(call.session)
     try:
         async with asyncio.timeout(ANSWER_TIMEOUT_S):
@@ -350,7 +349,7 @@ async def create_call(request: Request) -> Response:
                     headers={"Location": f"/v1/realtime/calls/{call.id}"})
 
 
-async def _new_call(request: Request, state: AppState, owner: str | None) -> RtcCall:
+async def _new_call(request: Request, state: AppState, owner: str | None, seat: Seat) -> RtcCall:
     """The call for this request's SDP offer, or HttpError (4xx for the offer, 5xx for the server)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/sdp":
@@ -367,7 +366,7 @@ async def _new_call(request: Request, state: AppState, owner: str | None) -> Rtc
     conversation = state.resolve_conversation(request.query_params.get("conversation"))
     try:
         return RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation,
-                       owner=owner)
+                       owner=owner, seat=seat)
     except IceConfigError as err:
         log.error("WebRTC is misconfigured: %s", err)
         raise HttpError(500, f"The server's ICE configuration is invalid: {err}", "server_misconfigured",
