@@ -27,7 +27,8 @@ AUTO_RETENTION_RATIO = 0.75
 
 
 def estimate_tokens(messages: Sequence[ChatMessage]) -> int:
-    return sum(len(m.content) // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS for m in messages)
+    return sum((len(m.content) + sum(len(c.name) + len(c.arguments) for c in m.tool_calls)) // CHARS_PER_TOKEN
+               + MESSAGE_OVERHEAD_TOKENS * (1 + len(m.tool_calls)) for m in messages)
 
 
 @dataclass(frozen=True, slots=True)

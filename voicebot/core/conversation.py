@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from voicebot.core.context import AUTO_RETENTION_RATIO, fit
-from voicebot.core.types import ChatMessage, Role
+from voicebot.core.types import ChatMessage, Role, ToolCall
 from voicebot.errors import ProtocolError
 
 ContentType = Literal["input_text", "input_audio", "output_text", "output_audio"]
+ItemType = Literal["message", "function_call", "function_call_output"]
 Status = Literal["completed", "incomplete", "in_progress"]
 ChangeKind = Literal["added", "updated", "deleted", "truncated", "evicted"]
 Listener = Callable[[ChangeKind, "Item"], None]
@@ -46,12 +47,35 @@ class Item:
     # new user turn is evaluated, not the whole previous answer again.
     llm_text: str | None = None
     segments: list[Segment] = field(default_factory=list)
+    #: A function call the assistant made (``call_id``, ``name``, ``arguments``: JSON text), or a
+    #: call's result the client sent back (``call_id``, ``output``); ``message`` otherwise.
+    type: ItemType = "message"
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
+
+    @classmethod
+    def function_call(cls, item_id: str, call_id: str, name: str, arguments: str = "",
+                      status: Status = "completed") -> Item:
+        return cls(item_id, "assistant", "output_text", status=status, type="function_call", call_id=call_id,
+                   name=name, arguments=arguments)
+
+    @classmethod
+    def function_call_output(cls, item_id: str, call_id: str, output: str) -> Item:
+        return cls(item_id, "tool", "input_text", type="function_call_output", call_id=call_id, output=output)
 
     @property
     def is_audio(self) -> bool:
-        return self.content_type in ("input_audio", "output_audio")
+        return self.type == "message" and self.content_type in ("input_audio", "output_audio")
 
     def to_wire(self) -> dict[str, Any]:
+        if self.type == "function_call":
+            return {"id": self.id, "object": "realtime.item", "type": "function_call", "status": self.status,
+                    "call_id": self.call_id, "name": self.name, "arguments": self.arguments or ""}
+        if self.type == "function_call_output":
+            return {"id": self.id, "object": "realtime.item", "type": "function_call_output",
+                    "status": self.status, "call_id": self.call_id, "output": self.output or ""}
         key = "transcript" if self.is_audio else "text"
         return {
             "id": self.id,
@@ -100,9 +124,20 @@ def heard_text(segments: list[Segment], audio_end_ms: float) -> str:
     return " ".join(words)
 
 
+def _add_call(messages: list[ChatMessage], item: Item) -> None:
+    """A call joins the assistant message it belongs to: the words said before it, or the calls
+    made with it (parallel calls are one assistant message with several ``tool_calls``)."""
+    call = ToolCall(item.call_id or item.id, item.name or "", item.arguments or "{}")
+    last = messages[-1] if messages else None
+    if last is not None and last.role == "assistant":
+        messages[-1] = ChatMessage("assistant", last.content, (*last.tool_calls, call))
+    else:
+        messages.append(ChatMessage("assistant", "", (call,)))
+
+
 def text_bytes(item: Item) -> int:
     """What an item's text costs against ``max_bytes``: its text and the LLM's own words (UTF-8)."""
-    return len((item.text or "").encode()) + len((item.llm_text or "").encode())
+    return sum(len((part or "").encode()) for part in (item.text, item.llm_text, item.arguments, item.output))
 
 
 class Conversation:
@@ -296,6 +331,13 @@ class Conversation:
         for item in self._items:
             if item.id == before:
                 break
+            if item.type == "function_call":
+                if item.status == "completed":  # a call cut off was never made
+                    _add_call(messages, item)
+                continue
+            if item.type == "function_call_output":
+                messages.append(ChatMessage("tool", item.output or "", tool_call_id=item.call_id))
+                continue
             text = (item.llm_text or item.text or "").strip()
             if text:
                 messages.append(ChatMessage(item.role, text))

@@ -83,6 +83,27 @@ class RetentionRatio(_Model):
     retention_ratio: float = Field(gt=0.0, le=1.0)
 
 
+#: A function name as the OpenAI APIs accept it.
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: Tools one session may declare (the hosted API's limit).
+MAX_TOOLS = 128
+
+
+class FunctionTool(_Model):
+    type: Literal["function"]
+    name: FunctionName
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None  # a JSON schema (an object's)
+
+
+class ToolChoiceFunction(_Model):
+    type: Literal["function"]
+    name: FunctionName
+
+
+ToolChoiceParam = Literal["auto", "none", "required"] | ToolChoiceFunction
+
+
 class SessionConfig(_Model):
     type: Literal["realtime"] | None = None
     instructions: str | None = None
@@ -99,6 +120,8 @@ class SessionConfig(_Model):
     input_audio_transcription: Transcription | None = None
     voice: str | None = None
     max_response_output_tokens: MaxTokens | None = None
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoiceParam | None = None
 
 
 # --- conversation items ---------------------------------------------------------------------------
@@ -112,11 +135,48 @@ class ContentPart(_Model):
 
 
 class ItemParam(_Model):
+    """A conversation item a client sends: a message, a function call, or a call's output.
+
+    One model for the three types (the fields each needs are checked by :func:`check_item`, so
+    every missing one is named the same way as a schema error)."""
+
     id: str | None = Field(default=None, max_length=64)
-    type: Literal["message"] = "message"
-    role: Literal["user", "assistant", "system"]
-    content: list[ContentPart] = Field(min_length=1)
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    role: Literal["user", "assistant", "system"] | None = None
+    content: list[ContentPart] | None = Field(default=None, min_length=1)
     status: str | None = None
+    call_id: str | None = Field(default=None, min_length=1, max_length=64)
+    name: FunctionName | None = None
+    arguments: str | None = None  # JSON text of an object
+    output: str | None = None  # the function's result, as the client encodes it (JSON or text)
+
+
+#: The fields each item type needs.
+ITEM_FIELDS = {"message": ("role", "content"), "function_call": ("call_id", "name", "arguments"),
+               "function_call_output": ("call_id", "output")}
+
+
+def check_item(item: ItemParam, *, param: str, kind: str, event_id: str | None) -> None:
+    for name in ITEM_FIELDS[item.type]:
+        if getattr(item, name) is None:
+            raise ProtocolError(f"Missing required parameter '{param}.{name}' in '{kind}' "
+                                f"(a {item.type} item needs {', '.join(ITEM_FIELDS[item.type])}).",
+                                code="missing_required_parameter", param=f"{param}.{name}", event_id=event_id)
+    if item.type == "function_call" and item.arguments is not None:
+        arguments_object(item.arguments, param=f"{param}.arguments", event_id=event_id)
+
+
+def arguments_object(text: str, *, param: str, event_id: str | None) -> dict[str, Any]:
+    """A function call's arguments: JSON text of one object, or a ProtocolError naming ``param``."""
+    try:
+        value = safe_json.loads(text)
+    except safe_json.JsonError as exc:
+        raise ProtocolError(f"'{param}' is not valid JSON: {exc}.", code="invalid_value", param=param,
+                            event_id=event_id) from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"'{param}' must be a JSON object.", code="invalid_value", param=param,
+                            event_id=event_id)
+    return value
 
 
 class ResponseParams(_Model):
@@ -128,6 +188,8 @@ class ResponseParams(_Model):
     metadata: dict[str, str] | None = None
     input: list[ItemParam] | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoiceParam | None = None
 
 
 # --- client events --------------------------------------------------------------------------------
@@ -241,7 +303,7 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
                             param="type", event_id=event_id)
     try:
         # Strict: JSON true is not the number 1, "5" is not 5 (ints still pass as floats).
-        return _ADAPTER.validate_python(data, strict=True)
+        event = _ADAPTER.validate_python(data, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"][1:]]  # drop the discriminator tag
@@ -258,6 +320,12 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
             param=param,
             event_id=event_id,
         ) from None
+    if isinstance(event, ConversationItemCreate):
+        check_item(event.item, param="item", kind=kind, event_id=event_id)
+    elif isinstance(event, ResponseCreate) and event.response is not None:
+        for i, item in enumerate(event.response.input or ()):
+            check_item(item, param=f"response.input.{i}", kind=kind, event_id=event_id)
+    return event
 
 
 def decode_audio(b64: str, *, param: str, event_id: str | None) -> bytes:

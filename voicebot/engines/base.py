@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
+from voicebot.core.types import ChatMessage, Float32Array, Int16Array, LlmPiece, Tool, ToolChoice, VadScores
 from voicebot.engines.cpu_queue import CpuQueues
 
 
@@ -56,9 +56,14 @@ class LanguageModel(Protocol):
     waiting: int
 
     def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]:
-        """An async generator of text pieces.
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float,
+        tools: Sequence[Tool] = (), tool_choice: ToolChoice = "auto",
+    ) -> AsyncGenerator[LlmPiece, None]:
+        """An async generator of text pieces and, when ``tools`` are offered, :class:`ToolCallDelta`s.
+
+        ``tool_choice``: ``auto`` (the model decides), ``none`` (no call), ``required`` (at least
+        one call) or the name of one function (a call of it). A call's arguments, joined, are
+        one JSON object.
 
         Closing it (``aclose``, e.g. through ``contextlib.aclosing``) or cancelling the task
         that iterates it must stop generation at once, including work in worker threads.

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from voicebot.core.types import ChatMessage
+from voicebot.core.types import TOOL_CHOICE_MODES, ChatMessage, LlmPiece, Tool, ToolCallDelta, ToolChoice
 from voicebot.errors import EngineError
 
 #: A loopback or LAN server that does not accept within this is down, not slow.
@@ -45,9 +45,15 @@ class OpenAIChatModel:
         )
 
     async def stream(
-        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float
-    ) -> AsyncGenerator[str, None]:
-        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        self, messages: Sequence[ChatMessage], *, max_tokens: int, temperature: float,
+        tools: Sequence[Tool] = (), tool_choice: ToolChoice = "auto",
+    ) -> AsyncGenerator[LlmPiece, None]:
+        payload: list[Any] = [m.to_openai() for m in messages]
+        offered: dict[str, Any] = {}
+        if tools:  # passed through as they are; the server's own parser and grammar apply
+            choice: Any = tool_choice if tool_choice in TOOL_CHOICE_MODES else {
+                "type": "function", "function": {"name": tool_choice}}
+            offered = {"tools": [t.to_openai() for t in tools], "tool_choice": choice}
         try:
             response = await self._client.chat.completions.create(
                 model=self._model,
@@ -56,15 +62,22 @@ class OpenAIChatModel:
                 temperature=temperature,
                 stream=True,
                 extra_body=self._extra_body or None,
+                **offered,
             )
         except openai.OpenAIError as exc:
             raise EngineError(self._describe(exc)) from exc
         try:
             async for chunk in response:
-                for choice in chunk.choices:
-                    piece = choice.delta.content if choice.delta else None
-                    if piece:
-                        yield piece
+                for part in chunk.choices:
+                    delta = part.delta
+                    if delta is None:
+                        continue
+                    if delta.content:
+                        yield delta.content
+                    for call in delta.tool_calls or ():
+                        function = call.function
+                        yield ToolCallDelta(call.index, call.id or None, function.name if function else None,
+                                            (function.arguments if function else None) or "")
         except openai.OpenAIError as exc:
             raise EngineError(self._describe(exc)) from exc
         finally:

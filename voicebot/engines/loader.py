@@ -44,7 +44,7 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
 
         return OpenAIChatModel(settings.llm_base_url, settings.llm_model, settings.llm_api_key,
                                timeout=settings.llm_first_token_timeout_s, retries=settings.llm_retries)
-    from voicebot.engines.llm_llamacpp import LlamaCppModel
+    from voicebot.engines.llm_llamacpp import TOOLS_TEMPLATE, LlamaCppModel
 
     cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
     path = _timed("LLM file check", lambda: llm_model_path(cache, progress))
@@ -52,7 +52,7 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
         "LLM (llama.cpp)",
         lambda: LlamaCppModel(
             path, threads=settings.llm_threads, context=settings.llm_context, parallel=settings.llm_parallel,
-            cache_ram_mib=settings.llm_cache_ram_mib,
+            cache_ram_mib=settings.llm_cache_ram_mib, chat_template=TOOLS_TEMPLATE.read_text(),
         ),
     )
     seconds = model.warm_up(settings.instructions)

@@ -20,10 +20,12 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
+from voicebot.core.types import LlmPiece
 from voicebot.errors import EngineError, VoicebotError
 
-#: ``producer(emit, stop)``: call ``emit(piece)`` per text piece; return when done or ``stop`` is set.
-Producer = Callable[[Callable[[str], None], threading.Event], None]
+#: ``producer(emit, stop)``: call ``emit(piece)`` per piece (text or a tool call's); return when done
+#: or ``stop`` is set.
+Producer = Callable[[Callable[[LlmPiece], None], threading.Event], None]
 
 #: Pieces the producer may be ahead of its consumer (a reply's worth: a healthy consumer takes
 #: each piece within milliseconds; only a stalled one makes the producer wait).
@@ -37,21 +39,21 @@ class _End:
 
 
 async def thread_stream(producer: Producer, *, name: str = "voicebot-llm",
-                        max_ahead: int = MAX_AHEAD) -> AsyncGenerator[str, None]:
+                        max_ahead: int = MAX_AHEAD) -> AsyncGenerator[LlmPiece, None]:
     """Run ``producer`` in a new thread and yield its pieces as they arrive."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | _End] = asyncio.Queue()  # bounded by ``room``, below
+    queue: asyncio.Queue[LlmPiece | _End] = asyncio.Queue()  # bounded by ``room``, below
     room = threading.Semaphore(max_ahead)  # free places in the queue, taken by the thread
     finished = loop.create_future()
     stop = threading.Event()
 
-    def emit(piece: str) -> None:
+    def emit(piece: LlmPiece) -> None:
         while not room.acquire(timeout=_POLL_S):  # backpressure: wait for the consumer
             if stop.is_set():
                 return  # nobody will take it
         put(piece)
 
-    def put(item: str | _End) -> None:
+    def put(item: LlmPiece | _End) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
@@ -73,7 +75,7 @@ async def thread_stream(producer: Producer, *, name: str = "voicebot-llm",
     try:
         while True:
             item = await queue.get()
-            if isinstance(item, str):
+            if not isinstance(item, _End):
                 room.release()
                 yield item
                 continue
