@@ -25,7 +25,7 @@ from voicebot.core.conversation import Item
 from voicebot.core.echo import SpeakerTimeline
 from voicebot.core.events import ServerEvent, server_event
 from voicebot.core.playout import PlayoutClock
-from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
+from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array, Tool, ToolCallDelta, ToolChoice
 from voicebot.engines.base import Engines
 from voicebot.engines.faults import LLM_FAILED, TTS_FAILED, engine_call
 from voicebot.sink import AudioChunk, OutputSink
@@ -114,6 +114,13 @@ class ReplyPipeline:
     engine_timeout_s: float | None = None
     first_token_timeout_s: float | None = None
     token_timeout_s: float | None = None
+    #: Functions the model may call (``tool_choice`` says whether it must). Calls do not go to the
+    #: listener: each piece goes to ``on_tool_delta``; ``on_text`` runs once, before the first words.
+    tools: Sequence[Tool] = ()
+    tool_choice: ToolChoice = "auto"
+    on_tool_delta: Callable[[ToolCallDelta], None] = lambda delta: None
+    on_text: Callable[[], None] = lambda: None
+    output_index: int = 0  # the message item's place among the response's output items
     #: Set when the reply may be heard. Until then the stages think and synthesize but emit
     #: nothing (a speculative reply waiting for the end of the user's turn).
     released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,7 +131,7 @@ class ReplyPipeline:
     _synthesized_ms: float = 0.0  # synthesized audio not yet sent to the listener
 
     def _ids(self) -> dict[str, Any]:
-        return {"response_id": self.response_id, "item_id": self.item.id, "output_index": 0,
+        return {"response_id": self.response_id, "item_id": self.item.id, "output_index": self.output_index,
                 "content_index": 0}
 
     async def run(self) -> None:
@@ -143,8 +150,12 @@ class ReplyPipeline:
         # lock is released only once it has, so the session's next request reuses this cache.
         async with self.llm_lock:
             self.timings.llm_started = time.monotonic()
-            stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
-                                             temperature=self.temperature)
+            # Tools only when offered: a LanguageModel written before tools existed still works.
+            llm = self.engines.llm
+            stream = (llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
+                                 tools=self.tools, tool_choice=self.tool_choice) if self.tools
+                      else llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature))
+            held = ""  # blank pieces before the first words: a reply that only calls says nothing
             async with contextlib.aclosing(stream):
                 while True:
                     first = self.timings.llm_first_token is None
@@ -157,6 +168,15 @@ class ReplyPipeline:
                     if first:
                         self.timings.llm_first_token = time.monotonic()
                     self.timings.llm_tokens += 1
+                    if isinstance(piece, ToolCallDelta):
+                        self.on_tool_delta(piece)
+                        continue
+                    if not self.full_text:
+                        if not piece.strip():
+                            held += piece
+                            continue
+                        piece, held = held + piece, ""
+                        self.on_text()
                     self.full_text += piece
                     yield piece
 

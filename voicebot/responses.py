@@ -30,8 +30,9 @@ from voicebot.core.turns import TurnTracker
 from voicebot.core.types import ChatMessage
 from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
+from voicebot.function_calls import FunctionCalls
 from voicebot.reply import AudioOut, EchoReference, ReplyPipeline, ReplyTimings
-from voicebot.session_config import SessionConfig
+from voicebot.session_config import SessionConfig, check_tool_choice, parse_tool_choice, parse_tools
 from voicebot.sink import OutputSink
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,19 @@ class Reply:
     promoted: asyncio.Event = field(default_factory=asyncio.Event)
     public: bool = False  # response.created was emitted
     cancel_reason: str = "client_cancelled"
+    #: The response's output items in the order they were announced (the message, function calls).
+    outputs: list[Item] = field(default_factory=list)
+    calls: FunctionCalls | None = None  # when tools are offered
+    #: With tools, the message item is announced at the first words, not at once: a response that
+    #: only calls a function has no message item at all.
+    lazy_item: bool = False
 
     @property
     def item(self) -> Item:
         return self.pipeline.item
 
     def ids(self) -> dict[str, Any]:
-        return {"response_id": self.id, "item_id": self.pipeline.item.id, "output_index": 0}
+        return {"response_id": self.id, "item_id": self.pipeline.item.id, "output_index": self.pipeline.output_index}
 
 
 class Responses:
@@ -138,6 +145,11 @@ class Responses:
                 "Wait until the response is finished before creating a new one.",
                 code="conversation_already_has_active_response", event_id=event_id,
             )
+        if params is not None and (params.tools is not None or params.tool_choice is not None):
+            config = self.ctx.config()
+            check_tool_choice(parse_tools(params.tools) if params.tools is not None else config.tools,
+                              parse_tool_choice(params.tool_choice) if params.tool_choice is not None
+                              else config.tool_choice, "response.tool_choice", event_id)
         speculative, self.speculative = self.speculative, None
         if params is None and speculative is not None and not speculative.finished:
             reply = speculative  # already thinking since the pause: just let it speak
@@ -184,6 +196,16 @@ class Responses:
         reply = Reply(pipeline.response_id, pipeline, c, modalities, p,
                       p.instructions if p.instructions is not None else c.instructions)
         pipeline.on_audible = lambda: self._on_audible(reply)
+        tools = parse_tools(p.tools) if p.tools is not None else c.tools
+        choice = parse_tool_choice(p.tool_choice) if p.tool_choice is not None else c.tool_choice
+        if tools and choice != "none":
+            pipeline.tools, pipeline.tool_choice = tools, choice
+            reply.lazy_item = True
+            reply.calls = FunctionCalls(
+                reply.id, tools, ctx.conversation if p.conversation != "none" else None, ctx.emit, reply.outputs,
+                after=lambda: reply.outputs[-1].id if reply.outputs else reply.item.id)
+            pipeline.on_tool_delta = reply.calls.on_delta
+            pipeline.on_text = lambda: self._announce_item(reply)
         return reply
 
     def _on_audible(self, reply: Reply) -> None:
@@ -207,6 +229,10 @@ class Responses:
         if not (speculation.live and transcript and config.policy.create_response and self.active is None
                 and self.speculative is None and "audio" in config.output_modalities):
             return
+        if config.tools and config.tool_choice != "none":
+            # A silent reply cannot announce the calls it would make; with tools, replies start
+            # at the end of the turn (the turn's transcription is still speculative).
+            return
         reply = self._new_reply(ev.ResponseParams())
         reply.speculative = True
         reply.pipeline.messages = self.ctx.history(reply.instructions, pending=transcript)
@@ -228,7 +254,7 @@ class Responses:
         pipeline = reply.pipeline
         return {
             "id": reply.id, "object": "realtime.response", "status": status,
-            "status_details": details, "output": [pipeline.item.to_wire()] if reply.item_started else [],
+            "status_details": details, "output": [item.to_wire() for item in reply.outputs],
             "conversation_id": self.ctx.conversation.id, "output_modalities": list(reply.modalities),
             "max_output_tokens": config.max_output_tokens, "metadata": reply.params.metadata,
             "audio": {"output": {"format": config.output_format.to_wire(), "voice": config.voice}},
@@ -252,9 +278,12 @@ class Responses:
                 await reply.promoted.wait()
                 if reply.speculative:
                     self._announce_response(reply)
-                self._announce_item(reply)
+                if not reply.lazy_item:
+                    self._announce_item(reply)
                 pipeline.timings.released = time.monotonic()
                 pipeline.released.set()
+            if reply.calls is not None:
+                reply.calls.check()
         except asyncio.CancelledError:
             status, details = "cancelled", {"type": "cancelled", "reason": reply.cancel_reason}
             raise
@@ -283,21 +312,31 @@ class Responses:
         if params.conversation == "none" and params.input is not None:
             history = Conversation("oob")
             for p in params.input:
-                text = p.content[0].text or p.content[0].transcript or ""
-                history.add(Item(ev.new_id("item"), p.role, "input_text", text=text))
+                if p.type == "function_call":
+                    history.add(Item.function_call(ev.new_id("item"), p.call_id or "", p.name or "", p.arguments or ""))
+                elif p.type == "function_call_output":
+                    history.add(Item.function_call_output(ev.new_id("item"), p.call_id or "", p.output or ""))
+                else:
+                    part = (p.content or [ev.ContentPart(type="input_text")])[0]
+                    history.add(Item(ev.new_id("item"), p.role or "user", "input_text",
+                                     text=part.text or part.transcript or ""))
             return self.ctx.history(reply.instructions, conversation=history)
         return self.ctx.history(reply.instructions, before=reply.item.id)
 
     def _announce_item(self, reply: Reply) -> None:
+        if reply.item_started:
+            return
         pipeline = reply.pipeline
         item = pipeline.item
+        pipeline.output_index = len(reply.outputs)
+        reply.outputs.append(item)
         conversation = self.ctx.conversation
         if item.id in conversation:  # placed there by create(); out-of-band replies are not
             self.emit(ev.server_event("conversation.item.added", previous_item_id=conversation.previous_id(item.id),
                                       item=item.to_wire()))
         reply.item_started = True
         self.emit(ev.server_event("response.output_item.added", response_id=reply.id,
-                                  output_index=0, item=item.to_wire()))
+                                  output_index=pipeline.output_index, item=item.to_wire()))
         part_key = "transcript" if pipeline.audio_out else "text"
         self.emit(ev.server_event("response.content_part.added", content_index=0,
                                   part={"type": "audio" if pipeline.audio_out else "text", part_key: ""},
@@ -337,11 +376,15 @@ class Responses:
                 part = {"type": "text", "text": item.text}
             self.emit(ev.server_event("response.content_part.done", part=part, **content))
             self.emit(ev.server_event("response.output_item.done", response_id=reply.id,
-                                      output_index=0, item=item.to_wire()))
+                                      output_index=pipeline.output_index, item=item.to_wire()))
             if item.id in conversation:
                 self.emit(ev.server_event("conversation.item.done", previous_item_id=conversation.previous_id(item.id),
                                           item=item.to_wire()))
-        if status == "completed" and item.id in conversation:
+        elif reply.lazy_item and item.id in conversation:  # only function calls: no message item
+            conversation.delete(item.id)
+        if reply.calls is not None:
+            reply.calls.finish(status == "completed")
+        if status == "completed" and (item.id in conversation or reply.outputs):
             self.ctx.spawn(self._prefill_next_turn(reply.instructions), "prefill-next-turn")
         wire = self._wire(reply, status, details)
         metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),

@@ -44,6 +44,7 @@ from voicebot.core.turns import Action, TurnTracker
 from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
 from voicebot.engines.base import EchoCanceller, Engines
 from voicebot.errors import ProtocolError
+from voicebot.function_calls import client_function_item
 from voicebot.hearing import BufferFull, Hearing
 from voicebot.metrics import Metrics
 from voicebot.reply import ReplyTimings
@@ -438,8 +439,12 @@ class Session:
                     event_id: str | None = None) -> Item:
         """``conversation.item.create``: a text message, or audio (transcribed like speech)."""
         self.limits.touch(time.monotonic())  # a typed message or a keypad entry is activity
-        part = param.content[0]
         item_id = param.id or ev.new_id("item")
+        if param.type != "message":
+            item = client_function_item(param, item_id, self.conversation, self.config.tools, event_id)
+            return self._add_done(item, previous_item_id, event_id)
+        assert param.content is not None and param.role is not None  # ev.check_item
+        part = param.content[0]
         if part.type in ("input_audio", "audio") and part.audio is not None:
             pcm = ev.decode_audio(part.audio, param="item.content[0].audio", event_id=event_id)
             try:
@@ -457,7 +462,9 @@ class Session:
             raise ProtocolError("The content part has no text.", code="missing_required_parameter",
                                 param="item.content[0].text", event_id=event_id)
         content_type: ContentType = "output_text" if param.role == "assistant" else "input_text"
-        item = Item(item_id, param.role, content_type, text=text)
+        return self._add_done(Item(item_id, param.role, content_type, text=text), previous_item_id, event_id)
+
+    def _add_done(self, item: Item, previous_item_id: str | None, event_id: str | None) -> Item:
         previous = self.conversation.add(item, previous_item_id, event_id=event_id)
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
         self.emit(ev.server_event("conversation.item.done", previous_item_id=previous, item=item.to_wire()))

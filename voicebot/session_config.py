@@ -15,6 +15,7 @@ from voicebot.core.audio import AudioFormat
 from voicebot.core.context import AUTO_RETENTION_RATIO
 from voicebot.core.endpoint import EndpointConfig, EndpointConfigError
 from voicebot.core.turns import TurnPolicy
+from voicebot.core.types import TOOL_CHOICE_MODES, Tool, ToolChoice
 from voicebot.errors import ProtocolError
 
 PCM24K = AudioFormat("pcm16", 24_000)
@@ -55,6 +56,8 @@ class SessionConfig:
     max_output_tokens: int | Literal["inf"] = "inf"
     temperature: float | None = None
     truncation: str | dict[str, Any] = "auto"  # "auto", "disabled" or a retention_ratio object, as sent
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"  # auto | none | required | the one function's name
 
     @property
     def retention_ratio(self) -> float | None:
@@ -102,8 +105,8 @@ def session_wire(c: SessionConfig, session_id: str, model: str) -> dict[str, Any
             "output": {"format": c.output_format.to_wire(), "voice": c.voice, "speed": c.speed},
         },
         "max_output_tokens": c.max_output_tokens,
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": tools_wire(c.tools),
+        "tool_choice": tool_choice_wire(c.tool_choice),
         "tracing": None,
         "truncation": c.truncation,
         "prompt": None,
@@ -151,10 +154,47 @@ def apply_update(c: SessionConfig, s: ev.SessionConfig, event_id: str | None) ->
         changes["max_output_tokens"] = max_tokens
     if s.temperature is not None:
         changes["temperature"] = s.temperature
+    if s.tools is not None:
+        changes["tools"] = parse_tools(s.tools)
+    if s.tool_choice is not None:
+        changes["tool_choice"] = parse_tool_choice(s.tool_choice)
+    if "tools" in changes or "tool_choice" in changes:
+        check_tool_choice(changes.get("tools", c.tools), changes.get("tool_choice", c.tool_choice),
+                          "session.tool_choice", event_id)
     if s.truncation is not None:
         changes["truncation"] = s.truncation if isinstance(s.truncation, str) else {
             "type": "retention_ratio", "retention_ratio": s.truncation.retention_ratio}
     return replace(c, **changes)
+
+
+def parse_tools(tools: list[ev.FunctionTool]) -> tuple[Tool, ...]:
+    return tuple(Tool(t.name, t.description or "", t.parameters) for t in tools)
+
+
+def parse_tool_choice(choice: ev.ToolChoiceParam) -> ToolChoice:
+    return choice if isinstance(choice, str) else choice.name
+
+
+def check_tool_choice(tools: tuple[Tool, ...], choice: ToolChoice, param: str, event_id: str | None) -> None:
+    """A forced function must be one of the declared tools; ``required`` needs some tool."""
+    names = {t.name for t in tools}
+    if len(names) < len(tools):
+        raise ProtocolError("Two tools have the same name.", param=param.replace("tool_choice", "tools"),
+                            event_id=event_id)
+    if choice == "required" and not tools:
+        raise ProtocolError("tool_choice 'required' needs at least one tool.", param=param, event_id=event_id)
+    if choice not in TOOL_CHOICE_MODES and choice not in names:
+        raise ProtocolError(f"tool_choice names the function '{choice}', which is not among the tools.",
+                            param=param, event_id=event_id)
+
+
+def tools_wire(tools: tuple[Tool, ...]) -> list[dict[str, Any]]:
+    return [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+            for t in tools]
+
+
+def tool_choice_wire(choice: ToolChoice) -> str | dict[str, str]:
+    return choice if choice in TOOL_CHOICE_MODES else {"type": "function", "name": choice}
 
 
 def _parse_format(value: object, param: str, event_id: str | None) -> AudioFormat:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,9 +24,17 @@ from starlette.types import Receive
 
 from voicebot.config import Settings
 from voicebot.core import events as ev
-from voicebot.core.types import ChatMessage
+from voicebot.core.types import (
+    TOOL_CHOICE_MODES,
+    ChatMessage,
+    LlmPiece,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 from voicebot.engines.base import LanguageModel
-from voicebot.errors import EngineError, HttpError
+from voicebot.errors import EngineError, HttpError, ProtocolError
 from voicebot.transports.access import API, authorize
 from voicebot.transports.event_stream import EventStreamResponse
 from voicebot.transports.http_common import json_errors, read_model
@@ -39,14 +48,55 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: ev.FunctionName
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str = Field(min_length=1, max_length=64)
+    type: Literal["function"] = "function"
+    function: FunctionIn
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def to_chat(self) -> ChatMessage:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return ChatMessage("system" if self.role == "developer" else self.role, text)
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role, text, calls if role == "assistant" else (), self.tool_call_id)
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: ev.FunctionName
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: ev.FunctionName
+
+
+class ToolChoiceIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -64,6 +114,40 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     n: int = Field(default=1, ge=1, le=1)
     stream_options: StreamOptions | None = None
+    tools: list[ToolIn] | None = Field(default=None, max_length=ev.MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceIn | None = None
+
+    def offered(self) -> tuple[tuple[Tool, ...], ToolChoice]:
+        """The tools and the choice, checked (a forced function must be among the tools)."""
+        tools = tuple(Tool(t.function.name, t.function.description or "", t.function.parameters)
+                      for t in self.tools or ())
+        choice = self.tool_choice or "auto"
+        name = choice if isinstance(choice, str) else choice.function.name
+        if len({t.name for t in tools}) < len(tools):
+            raise HttpError(400, "Two tools have the same name.", "invalid_value", param="tools")
+        if name == "required" and not tools:
+            raise HttpError(400, "tool_choice 'required' needs at least one tool.", "invalid_value",
+                            param="tool_choice")
+        if name not in TOOL_CHOICE_MODES and name not in {t.name for t in tools}:
+            raise HttpError(400, f"tool_choice names the function '{name}', which is not among the tools.",
+                            "invalid_value", param="tool_choice")
+        return tools, name
+
+    def check_history(self) -> None:
+        """Every tool message answers a call made earlier in the messages."""
+        made: set[str] = set()
+        for i, m in enumerate(self.messages):
+            made.update(c.id for c in m.tool_calls or ())
+            if m.role == "tool" and m.tool_call_id not in made:
+                raise HttpError(400, f"messages[{i}] is a tool message whose tool_call_id "
+                                f"{m.tool_call_id!r} answers no earlier tool call.", "invalid_value",
+                                param=f"messages.{i}.tool_call_id")
+            for c in m.tool_calls or ():
+                try:
+                    ev.arguments_object(c.function.arguments, param=f"messages.{i}.tool_calls.arguments",
+                                        event_id=None)
+                except ProtocolError as exc:
+                    raise HttpError(400, exc.message, "invalid_value", param=exc.param) from None
 
 
 class _Chunks:
@@ -76,6 +160,15 @@ class _Chunks:
 
     def delta(self, piece: str) -> bytes:
         return f'{self.head}{{"content":{json.dumps(piece)}}},"logprobs":null,"finish_reason":null}}]}}\n\n'.encode()
+
+    def tool_call(self, d: ToolCallDelta) -> bytes:
+        call: dict[str, Any] = {"index": d.index}
+        if d.call_id is not None or d.name is not None:  # the call's first piece
+            call.update(id=d.call_id, type="function")
+        function = {"arguments": d.arguments} | ({"name": d.name} if d.name is not None else {})
+        call["function"] = function
+        return (f'{self.head}{{"tool_calls":[{json.dumps(call)}]}},"logprobs":null,'
+                f'"finish_reason":null}}]}}\n\n').encode()
 
     def role(self) -> bytes:
         return (f'{self.head}{{"role":"assistant","content":""}},"logprobs":null,'
@@ -95,11 +188,33 @@ def _limits(settings: Settings, body: ChatRequest) -> tuple[int, float]:
     return min(asked, settings.max_response_tokens), temperature
 
 
-async def _stream(llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int, temperature: float,
-                  chunks: _Chunks, include_usage: bool,
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What one completion asks of the LLM."""
+
+    messages: Sequence[ChatMessage]
+    max_tokens: int
+    temperature: float
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+
+    def stream(self, llm: LanguageModel) -> AsyncGenerator[LlmPiece, None]:
+        if not self.tools:  # a LanguageModel written before tools existed still works
+            return llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature)
+        return llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
+                          tools=self.tools, tool_choice=self.tool_choice)
+
+
+def _finish_reason(tokens: int, max_tokens: int, called: bool) -> str:
+    return "tool_calls" if called else "length" if tokens >= max_tokens else "stop"
+
+
+async def _stream(llm: LanguageModel, gen: Generation, chunks: _Chunks, include_usage: bool,
                   in_flight: contextlib.AbstractContextManager[None]) -> AsyncGenerator[bytes, None]:
-    stream = llm.stream(messages, max_tokens=max_tokens, temperature=temperature)
+    stream = gen.stream(llm)
+    max_tokens = gen.max_tokens
     tokens = 0
+    called = False
     # Closed when the client leaves (the response cancels us) or we are done: the LLM stops now.
     with in_flight:
         async with contextlib.aclosing(stream):
@@ -109,13 +224,17 @@ async def _stream(llm: LanguageModel, messages: Sequence[ChatMessage], max_token
             try:
                 async for piece in stream:
                     tokens += 1
-                    yield head + chunks.delta(piece)
+                    if isinstance(piece, ToolCallDelta):
+                        called = True
+                        yield head + chunks.tool_call(piece)
+                    else:
+                        yield head + chunks.delta(piece)
                     head = b""
             except EngineError as err:
                 # Headers are gone already: report in-band, the way the hosted API does (SDKs raise it).
                 yield f"data: {json.dumps(_engine_failure(err).body())}\n\n".encode()
                 return
-            yield head + chunks.finish("length" if tokens >= max_tokens else "stop")
+            yield head + chunks.finish(_finish_reason(tokens, max_tokens, called))
             if include_usage:
                 yield chunks.usage(tokens)
             yield DONE
@@ -130,17 +249,26 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _collect(llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int,
-                   temperature: float) -> list[str]:
-    async with contextlib.aclosing(llm.stream(messages, max_tokens=max_tokens, temperature=temperature)) as stream:
+async def _collect(llm: LanguageModel, gen: Generation) -> list[LlmPiece]:
+    async with contextlib.aclosing(gen.stream(llm)) as stream:
         return [piece async for piece in stream]
 
 
-async def _complete(request: Request, llm: LanguageModel, messages: Sequence[ChatMessage], max_tokens: int,
-                    temperature: float) -> list[str] | None:
+def assemble_calls(pieces: Sequence[LlmPiece]) -> list[dict[str, Any]]:
+    """The streamed pieces of tool calls as the message's ``tool_calls``, in the model's order."""
+    calls: dict[int, dict[str, Any]] = {}
+    for piece in pieces:
+        if isinstance(piece, ToolCallDelta):
+            call = calls.setdefault(piece.index, {"id": piece.call_id or ev.new_id("call"), "type": "function",
+                                                  "function": {"name": piece.name or "", "arguments": ""}})
+            call["function"]["arguments"] += piece.arguments
+    return list(calls.values())
+
+
+async def _complete(request: Request, llm: LanguageModel, gen: Generation) -> list[LlmPiece] | None:
     """The whole reply, or None if the client went away first (generation is then stopped)."""
     loop = asyncio.get_running_loop()
-    work = loop.create_task(_collect(llm, messages, max_tokens, temperature))
+    work = loop.create_task(_collect(llm, gen))
     gone = loop.create_task(_until_disconnect(request.receive))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,29 +290,34 @@ async def chat_completions(request: Request) -> Response:
     state = authorize(request, API)
     body = await read_model(request, ChatRequest, state.settings.max_text_bytes)
     max_tokens, temperature = _limits(state.settings, body)
-    messages = [m.to_chat() for m in body.messages]
+    tools, tool_choice = body.offered()
+    body.check_history()
+    gen = Generation([m.to_chat() for m in body.messages], max_tokens, temperature, tools, tool_choice)
     llm = state.engines.llm
     completion_id = ev.new_id("chatcmpl")
     created = int(time.time())
     if body.stream:
         chunks = _Chunks(completion_id, created, body.model)
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStreamResponse(_stream(llm, messages, max_tokens, temperature, chunks, include_usage,
-                                           state.generating()))
+        return EventStreamResponse(_stream(llm, gen, chunks, include_usage, state.generating()))
     try:
         with state.generating():
-            pieces = await _complete(request, llm, messages, max_tokens, temperature)
+            pieces = await _complete(request, llm, gen)
     except EngineError as err:
         raise _engine_failure(err) from None
     if pieces is None:
         return Response(status_code=499)  # nobody is listening; uvicorn drops it
-    text = "".join(pieces)
+    text = "".join(p for p in pieces if isinstance(p, str))
+    calls = assemble_calls(pieces)
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
     usage = {"prompt_tokens": 0, "completion_tokens": len(pieces), "total_tokens": len(pieces)}
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": created, "model": body.model,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": "length" if len(pieces) >= max_tokens else "stop"}],
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": _finish_reason(len(pieces), max_tokens, bool(calls))}],
         "usage": usage,
     })
 
