@@ -4,7 +4,9 @@ A :class:`SharedConversation` wraps one core :class:`~voicebot.core.conversation
 Every Session on it (a voice session attached with ``/v1/realtime?conversation=ID``, or the
 headless text *responder* below) publishes its Realtime server events to the conversation; we
 keep only the conversation-level ones (user messages, assistant text, errors — never audio),
-number them, and append them to a bounded :class:`EventLog`. Listeners (SSE streams) get each
+number them, and append them to a bounded :class:`EventLog`. Function calls are mirrored too
+(``tool.call`` when the model's call is complete, ``tool.output`` when its result is added), so a
+text client sees what a voice session's model asked for and got. Listeners (SSE streams) get each
 entry through their own bounded queue; a listener that falls too far behind is ended and resumes
 from the log with ``Last-Event-ID``, so a slow reader costs memory only up to its bound.
 
@@ -113,9 +115,30 @@ def _item_text(item: dict[str, Any]) -> str:
     return str(part.get("text") or part.get("transcript") or "")
 
 
+def _is_message(item: dict[str, Any]) -> bool:
+    kind: str = item.get("type", "message")
+    return kind == "message"
+
+
+def _message_output(output: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A response's message item (a response that only called functions has none)."""
+    return next((item for item in output if _is_message(item)), None)
+
+
+#: What a function item adds to its snapshot, from its wire shape.
+_CALL_FIELDS = ("call_id", "name", "arguments", "output")
+
+
 def item_snapshot(item: Item) -> dict[str, Any]:
-    return {"item_id": item.id, "role": item.role, "text": item.text, "status": item.status,
-            "source": "voice" if item.is_audio else "text"}
+    """One history item for ``GET``, ``reset`` and the messages endpoint. ``type`` tells a message
+    (``text``) from a function call (``call_id``, ``name``, ``arguments``) and a call's result
+    (``call_id``, ``output``)."""
+    snapshot = {"item_id": item.id, "type": item.type, "role": item.role, "text": item.text, "status": item.status,
+                "source": "voice" if item.is_audio else "text"}
+    if item.type != "message":
+        wire = item.to_wire()
+        snapshot.update((key, wire[key]) for key in _CALL_FIELDS if key in wire)
+    return snapshot
 
 
 # --- one shared conversation -----------------------------------------------------------------------
@@ -182,7 +205,10 @@ class SharedConversation:
                                                  "delta": event["delta"]})
         elif kind == "conversation.item.added":
             item = event["item"]
-            if item.get("role") == "user" and _content(item).get("type") == "input_text":
+            if item.get("type") == "function_call_output":
+                self.publish("tool.output", {"item_id": item["id"], "call_id": item.get("call_id"),
+                                             "output": item.get("output", "")})
+            elif item.get("role") == "user" and _content(item).get("type") == "input_text":
                 self.publish("user.message", {"item_id": item["id"], "text": _item_text(item), "source": "text"})
         elif kind == "conversation.item.done":
             item = event["item"]
@@ -194,20 +220,28 @@ class SharedConversation:
             replies.changed.set()
         elif kind == "response.output_item.added":
             item = event["item"]
-            if item["id"] in self.conversation:  # out-of-band replies are not part of the history
+            # Out-of-band replies are not part of the history; function calls are tool.call, when done.
+            if _is_message(item) and item["id"] in self.conversation:
                 replies.visible[event["response_id"]] = item["id"]
                 self.publish("assistant.started", {
                     "item_id": item["id"], "response_id": event["response_id"],
                     "source": "voice" if _content(item).get("type") == "output_audio" else "text"})
+        elif kind == "response.output_item.done":
+            item = event["item"]
+            if (item.get("type") == "function_call" and item.get("status") == "completed"
+                    and item["id"] in self.conversation):
+                self.publish("tool.call", {"item_id": item["id"], "response_id": event["response_id"],
+                                           "call_id": item.get("call_id"), "name": item.get("name"),
+                                           "arguments": item.get("arguments", "")})
         elif kind == "response.done":
             response = event["response"]
             replies.active.discard(response["id"])
             replies.changed.set()
             item_id = replies.visible.pop(response["id"], None)
             if item_id is not None:
-                output = response.get("output") or []
+                message = _message_output(response.get("output") or [])
                 self.publish("assistant.done", {"item_id": item_id, "response_id": response["id"],
-                                                "text": _item_text(output[0]) if output else "",
+                                                "text": _item_text(message) if message is not None else "",
                                                 "status": response.get("status")})
         elif kind == "conversation.item.input_audio_transcription.failed":
             self.publish("error", {"code": "transcription_failed", "message": event["error"].get("message", ""),
@@ -278,10 +312,41 @@ class SharedConversation:
         """Add a user text message and make sure a reply to it follows."""
         session = self._responder_session()
         item = session.add_user_text(text)
+        self._reply_soon(session)
+        return item_snapshot(item)
+
+    def post_function_output(self, call_id: str, output: str) -> dict[str, Any]:
+        """Add the result of a function call the model made (on any session of the conversation);
+        a reply follows once every call made with it has its result (``ProtocolError`` for a call
+        that does not exist or already has one)."""
+        session = self._responder_session()
+        param = ev.ItemParam(type="function_call_output", call_id=call_id, output=output)
+        item = session.create_item(param)
+        if self._calls_answered(call_id):
+            self._reply_soon(session)
+        return item_snapshot(item)
+
+    def _calls_answered(self, call_id: str) -> bool:
+        """Every call made together with ``call_id`` has an output. A response's parallel calls
+        are consecutive ``function_call`` items: answering the first of two must not start a
+        reply that sees the second unanswered."""
+        items = self.conversation.items
+        at = next((i for i, item in enumerate(items) if item.type == "function_call" and item.call_id == call_id),
+                  None)
+        if at is None:  # the output's arrival evicted its call (--max-conversation-items): nothing to wait for
+            return True
+        start, end = at, at + 1
+        while start > 0 and items[start - 1].type == "function_call":
+            start -= 1
+        while end < len(items) and items[end].type == "function_call":
+            end += 1
+        answered = {item.call_id for item in items if item.type == "function_call_output"}
+        return all(call.call_id in answered for call in items[start:end] if call.status == "completed")
+
+    def _reply_soon(self, session: Session) -> None:
         self._want_reply = True
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._reply_loop(session), name=f"{self.id}:replies")
-        return item_snapshot(item)
 
     def _busy(self, session: Session) -> bool:
         return session.turns.reply_active or bool(self._replies.active)

@@ -8,6 +8,7 @@ import { AudioEngine, CaptureClock, MicrophoneError, RATE, base64FromBytes, byte
 import { TokenError, fetchToken, openTransport, transportNames } from './realtime.js';
 import './webrtc.js'; // registers the 'webrtc' transport
 import { TextChat } from './text.js';
+import { CLIENT_TOOLS, runClientTool } from './tools.js';
 import { Transcript, formatMs, levelFromRms, setConnection } from './ui.js';
 
 const CHUNK_MS = 20;
@@ -18,6 +19,7 @@ const DEFAULTS = {
   instructions: '', turn: 'auto', threshold: 0.5, silenceMs: 500, transport: 'websocket', token: '',
 };
 const EAGERNESS = ['auto', 'high', 'low'];
+const MAX_CALLS_REMEMBERED = 200;
 
 const $ = (id) => document.getElementById(id);
 
@@ -90,6 +92,9 @@ function sessionUpdate(settings) {
       },
       output: { format: { type: 'audio/pcm', rate: RATE } },
     },
+    // Functions the model may call; they run in this page (tools.js).
+    tools: CLIENT_TOOLS,
+    tool_choice: 'auto',
   };
   if (settings.instructions.trim()) session.instructions = settings.instructions.trim();
   return { type: 'session.update', session };
@@ -133,6 +138,9 @@ class VoiceApp {
     this.activeResponse = null;
     this.playingItem = null;
     this.pendingSpeechEnd = null; // context time the last user turn ended
+    this.callsRun = new Set(); // call_ids already run (a call is announced by two events)
+    this.callOutputs = new Map(); // response_id -> [{callId, output}], sent when that response is done
+    this.answering = false; // results sent with response.create; the answer has not started yet
     this.userSpeaking = false;
     this.level = 0;
     this.audio.onchunk = (chunk) => this.onChunk(chunk);
@@ -165,6 +173,7 @@ class VoiceApp {
   idlePhase() {
     if (this.playingItem || this.activeResponse) return;
     if (this.userSpeaking) this.setPhase('Listening to you…', 'user');
+    else if (this.answering) this.setPhase('Thinking…', 'thinking'); // a function's result was sent
     else this.setPhase('Listening', 'listening');
   }
 
@@ -311,6 +320,7 @@ class VoiceApp {
         break;
       case 'error': {
         const err = event.error || {};
+        this.answering = false;
         console.warn('voicebot server error', err.code, err.message);
         if (err.code !== 'response_cancel_not_active') this.notice(err.message || 'The server reported an error.');
         break;
@@ -339,10 +349,22 @@ class VoiceApp {
         break;
       case 'response.created':
         this.activeResponse = event.response.id;
+        this.answering = false;
         break;
       case 'response.output_item.added':
-        this.onReplyItem(event.response_id, event.item.id);
+        // A function call is no spoken reply: it is shown once it is complete (below).
+        if (event.item.type !== 'function_call') this.onReplyItem(event.response_id, event.item.id);
         break;
+      case 'response.function_call_arguments.done':
+        this.onFunctionCall(event.response_id, event.item_id, event.call_id, event.name, event.arguments);
+        break;
+      case 'response.output_item.done': {
+        const item = event.item;
+        if (item.type === 'function_call' && item.status === 'completed') {
+          this.onFunctionCall(event.response_id, item.id, item.call_id, item.name, item.arguments);
+        }
+        break;
+      }
       case 'response.output_audio.delta':
         this.onAudioDelta(event);
         break;
@@ -393,8 +415,35 @@ class VoiceApp {
     this.transcript.setSpoken(reply.itemId, heard, unheard, { cut: reply.cut, done: reply.done && !unheard });
   }
 
+  // --- function calls: run in the page, answered when the response that made them is done ---
+
+  onFunctionCall(responseId, itemId, callId, name, args) {
+    if (!callId || this.callsRun.has(callId)) return;
+    this.callsRun.add(callId);
+    if (this.callsRun.size > MAX_CALLS_REMEMBERED) this.callsRun.delete(this.callsRun.values().next().value);
+    const { output, line } = runClientTool(name, args);
+    this.transcript.setTool(itemId, line);
+    const outputs = this.callOutputs.get(responseId) || [];
+    outputs.push({ callId, output });
+    this.callOutputs.set(responseId, outputs);
+  }
+
+  // The results go back once the response is over (a new response.create while it is still
+  // active would be refused); one response.create answers all of its calls.
+  answerCalls(response) {
+    const outputs = this.callOutputs.get(response.id);
+    this.callOutputs.delete(response.id);
+    if (!outputs || response.status !== 'completed' || !this.transport) return;
+    for (const { callId, output } of outputs) {
+      this.send({ type: 'conversation.item.create', item: { type: 'function_call_output', call_id: callId, output } });
+    }
+    this.send({ type: 'response.create' });
+    this.answering = true;
+  }
+
   onResponseDone(response) {
     if (this.activeResponse === response.id) this.activeResponse = null;
+    this.answerCalls(response);
     const itemId = this.responseItems.get(response.id);
     const reply = itemId && this.replies.get(itemId);
     if (!reply) {
@@ -405,7 +454,8 @@ class VoiceApp {
     reply.done = true;
     if (response.status === 'completed') {
       stats.turnsCompleted += 1;
-      const part = response.output && response.output[0] && response.output[0].content && response.output[0].content[0];
+      const message = (response.output || []).find((item) => (item.type || 'message') === 'message');
+      const part = message && message.content && message.content[0];
       stats.lastAssistantTranscript = (part && (part.transcript || part.text)) || reply.segments.map((s) => s.text).join('');
     } else if (!reply.cut) {
       this.markCut(reply, reply.played);
@@ -495,6 +545,8 @@ class VoiceApp {
     this.audio.flush();
     this.playingItem = null;
     this.activeResponse = null;
+    this.callOutputs.clear(); // a new connection is a new session: those calls are gone
+    this.answering = false;
     open.forEach((r) => this.markCut(r, r.played));
   }
 }

@@ -7,6 +7,7 @@
 // Last-Event-ID after a drop, as EventSource would.
 
 import { TokenError, fetchToken } from './realtime.js';
+import { toolLine } from './tools.js';
 import { Transcript } from './ui.js';
 
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
@@ -75,6 +76,7 @@ export class TextChat {
     this.available = true;
     this.attempt = 0;
     this.texts = new Map(); // assistant item_id -> text so far
+    this.calls = new Map(); // call_id -> {itemId, name, args}: a voice session's function calls
     form.addEventListener('submit', (e) => { e.preventDefault(); this.send(); });
   }
 
@@ -183,8 +185,11 @@ export class TextChat {
       case 'reset':
         this.transcript.clear();
         this.texts.clear();
+        this.calls.clear();
         for (const item of data.items || []) {
-          if (item.role === 'user') this.transcript.setText(item.item_id, 'user', item.text || '');
+          if (item.type === 'function_call') this.onCall(item);
+          else if (item.type === 'function_call_output') this.onCallOutput(item);
+          else if (item.role === 'user') this.transcript.setText(item.item_id, 'user', item.text || '');
           else if (item.role === 'assistant') {
             this.texts.set(item.item_id, item.text || '');
             this.transcript.setSpoken(item.item_id, item.text || '', '', { done: true });
@@ -212,11 +217,30 @@ export class TextChat {
         if (data.status === 'failed') this.notice('The answer failed on the server.');
         break;
       }
+      case 'tool.call':
+        this.onCall(data);
+        break;
+      case 'tool.output':
+        this.onCallOutput(data);
+        break;
       case 'error':
         this.notice(data.message || 'The server reported an error.');
         break;
       default:
         break;
     }
+  }
+
+  // A function call made in this conversation (by a voice session with tools), and its result.
+  onCall({ item_id: itemId, call_id: callId, name, arguments: args }) {
+    this.calls.set(callId, { itemId, name, args });
+    this.transcript.setTool(itemId, toolLine(name, args, '…'));
+  }
+
+  onCallOutput({ call_id: callId, output }) {
+    const call = this.calls.get(callId);
+    if (!call) return;
+    const shown = String(output || '');
+    this.transcript.setTool(call.itemId, toolLine(call.name, call.args, shown.length > 80 ? `${shown.slice(0, 79)}…` : shown));
   }
 }

@@ -88,6 +88,25 @@ export class Transcript {
     if (nearBottom) this.scroll();
   }
 
+  // A function call the page ran for the model, with its result: one small line of plain text.
+  setTool(itemId, text) {
+    let entry = this.items.get(itemId);
+    if (!entry) {
+      const nearBottom = this.atBottom();
+      const li = el('li', 'msg tool');
+      li.dataset.item = itemId;
+      li.append(el('span', 'sr-only', 'Function call: '));
+      const line = el('p', 'tool-line');
+      li.append(line);
+      this.list.append(li);
+      this.empty.hidden = true;
+      entry = { li, line, role: 'tool' };
+      this.items.set(itemId, entry);
+      if (nearBottom) this.scroll();
+    }
+    entry.line.textContent = text;
+  }
+
   setNote(itemId, role, note) {
     const entry = this.add(itemId, role);
     entry.li.classList.remove('pending', 'placeholder');

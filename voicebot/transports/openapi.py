@@ -43,9 +43,14 @@ CONVERSATION = {
                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/ConversationItem"}}},
 }
 ITEM = {
-    "type": "object", "required": ["item_id", "role", "status", "source"],
-    "properties": {"item_id": {"type": "string"}, "role": {"type": "string"}, "text": {"type": ["string", "null"]},
-                   "status": {"type": "string"}, "source": {"enum": ["voice", "text"]}},
+    "type": "object", "required": ["item_id", "type", "role", "status", "source"],
+    "properties": {"item_id": {"type": "string"},
+                   "type": {"enum": ["message", "function_call", "function_call_output"]},
+                   "role": {"type": "string"}, "text": {"type": ["string", "null"]},
+                   "status": {"type": "string"}, "source": {"enum": ["voice", "text"]},
+                   # function_call: call_id, name, arguments (JSON text); function_call_output: call_id, output
+                   "call_id": {"type": "string"}, "name": {"type": "string"}, "arguments": {"type": "string"},
+                   "output": {"type": "string"}},
 }
 CONVERSATION_ID = {"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}
 CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -98,7 +103,8 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json({"$ref": "#/components/schemas/Conversation"}, "The conversation"),
                           **_errors(401, 404, 429, 503)}}},
         "/v1/conversations/{conversation_id}/messages": {"post": {
-            "operationId": "postMessage", "summary": "A user message; the reply follows on the event stream",
+            "operationId": "postMessage",
+            "summary": "A user message, or a function call's result; the reply follows on the event stream",
             "parameters": [CONVERSATION_ID], "requestBody": _body(PostMessage),
             "responses": {"202": _json(obj, "Accepted"), **_errors(*API_ERRORS, 404, 413)}}},
         "/v1/conversations/{conversation_id}/token": {"post": {

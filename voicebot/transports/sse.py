@@ -4,7 +4,9 @@ Routes (all under the same API keys as the WebSocket; see docs/protocol.md "Text
 
 * ``POST /v1/conversations`` — create (optional ``instructions``)
 * ``GET /v1/conversations/{id}`` — history (+ ``last_event_id`` to resume the stream from)
-* ``POST /v1/conversations/{id}/messages`` — ``{"text": …}``: a user message, and a reply
+* ``POST /v1/conversations/{id}/messages`` — ``{"text": …}``: a user message, and a reply; or
+  ``{"type": "function_call_output", "call_id": …, "output": …}``: the result of a function call
+  the model made (``tool.call`` on the stream), and a reply once every call made with it has one
 * ``POST /v1/conversations/{id}/token`` — a short-lived token for an EventSource URL
 * ``GET|POST /v1/conversations/{id}/events`` — the event stream (``Last-Event-ID`` header,
   ``last_event_id`` query or body field to resume)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -47,8 +50,14 @@ class CreateConversation(BaseModel):
 
 
 class PostMessage(BaseModel):
+    """A user text message (``text``), or a function call's result (``type: "function_call_output"``,
+    ``call_id``, ``output``: JSON or plain text, as on the Realtime API)."""
+
     model_config = ConfigDict(extra="ignore")
-    text: str = Field(min_length=1)
+    type: Literal["message", "function_call_output"] = "message"
+    text: str | None = Field(default=None, min_length=1)
+    call_id: str | None = Field(default=None, min_length=1, max_length=64)
+    output: str | None = None
 
 
 class StreamRequest(BaseModel):
@@ -78,12 +87,24 @@ async def post_message(request: Request) -> Response:
     state = authorize(request, API)
     shared = state.hub.get(_conversation_id(request))
     body = await read_model(request, PostMessage, state.settings.max_text_bytes)
-    if len(body.text.encode()) > state.settings.max_text_bytes:
-        raise HttpError(413, "The message text is too long.", "text_too_large", "text")
+    call = body.type == "function_call_output"
+    needed = ("call_id", "output") if call else ("text",)
+    missing = next((name for name in needed if getattr(body, name) is None), None)
+    if missing is not None:
+        raise HttpError(400, f"Missing required parameter '{missing}' (a {body.type} needs {' and '.join(needed)}).",
+                        "missing_required_parameter", missing)
+    field = needed[-1]  # the text the item keeps: the message's, or the function's result
+    text = str(getattr(body, field))
+    if len(text.encode()) > state.settings.max_text_bytes:
+        raise HttpError(413, f"The {'message text' if field == 'text' else field} is too long.", "text_too_large",
+                        field)
     try:
-        item = shared.post_text(body.text)
+        item = shared.post_function_output(str(body.call_id), text) if call else shared.post_text(text)
     except ProtocolError as err:  # e.g. item_too_large: more text than --max-conversation-bytes
-        raise HttpError(413 if err.code == "item_too_large" else 400, err.message, err.code, err.param) from None
+        # The Session names the Realtime item's fields ("item.call_id"); this body has them at the top.
+        param = err.param.removeprefix("item.") if err.param else None
+        raise HttpError(413 if err.code == "item_too_large" else 400, err.message, err.code,
+                        field if param == "content" else param) from None
     return JSONResponse({"object": "conversation.message", "conversation_id": shared.id, "item": item},
                         status_code=202)
 
