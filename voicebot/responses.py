@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from voicebot.core.conversation import Conversation, Item
 from voicebot.core.echo import SpeakerTimeline
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import TurnTracker
-from voicebot.core.types import ChatMessage
+from voicebot.core.types import ChatMessage, Tool
 from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.function_calls import FunctionCalls
@@ -385,7 +385,7 @@ class Responses:
         if reply.calls is not None:
             reply.calls.finish(status == "completed")
         if status == "completed" and (item.id in conversation or reply.outputs):
-            self.ctx.spawn(self._prefill_next_turn(reply.instructions), "prefill-next-turn")
+            self.ctx.spawn(self._prefill_next_turn(reply.instructions, pipeline.tools), "prefill-next-turn")
         wire = self._wire(reply, status, details)
         metrics = {**pipeline.timings.as_ms(), "status": status, "audio_sent_ms": round(item.audio_ms),
                    "speculative": reply.speculative}
@@ -399,12 +399,13 @@ class Responses:
                  extra={"response_id": reply.id})
         self.emit(ev.server_event("response.done", response=wire))
 
-    async def _prefill_next_turn(self, instructions: str) -> None:
+    async def _prefill_next_turn(self, instructions: str, tools: Sequence[Tool]) -> None:
         """After a reply: the history with the person's next message begun, into the prompt cache,
         so their next turn evaluates only their words (the chat template's few tokens are done)."""
         async with self.ctx.llm_lock:
             history = self.ctx.history(instructions, pending="")
-            await self.ctx.engines.llm.prefill(history)
+            llm = self.ctx.engines.llm
+            await (llm.prefill(history, tools) if tools else llm.prefill(history))
 
     def cancel(self, reason: str) -> None:
         """The active reply ends *now*, in this very step (barge-in, response.cancel, a keypad press).

@@ -41,7 +41,7 @@ from voicebot.core.endpoint import (
 from voicebot.core.limits import Expiry, SessionClock
 from voicebot.core.playout import PlayoutClock
 from voicebot.core.turns import Action, TurnTracker
-from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array
+from voicebot.core.types import ENGINE_RATE, ChatMessage, Int16Array, Tool
 from voicebot.engines.base import EchoCanceller, Engines
 from voicebot.errors import ProtocolError
 from voicebot.function_calls import client_function_item
@@ -308,10 +308,15 @@ class Session:
         old, self.config = self.config, self._fixed_media(apply_update(self.config, session, event_id))
         self.hearing.configure(self.config.vad)
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
-        if self.config.instructions != old.instructions and (self._prefill is None or self._prefill.done()):
-            # New instructions: evaluate them now, not when the first question is waiting for it.
+        prompt_changed = (self.config.instructions, self._offered_tools()) != (old.instructions,
+                                                                                 _offered(old))
+        if prompt_changed and (self._prefill is None or self._prefill.done()):
+            # New instructions or tools: evaluate them now, not when the first question waits for it.
             history = self.responses.ctx.history(self.config.instructions)
-            self._prefill = self.spawn(self._prefill_messages(history), "prefill-instructions")
+            self._prefill = self.spawn(self._prefill_messages(history, self._offered_tools()), "prefill-instructions")
+
+    def _offered_tools(self) -> tuple[Tool, ...]:
+        return _offered(self.config)
 
     # --- audio in ------------------------------------------------------------------------------
 
@@ -331,9 +336,10 @@ class Session:
         for event in endpoint_events:
             self._on_endpoint(event)
 
-    async def _prefill_messages(self, messages: list[ChatMessage]) -> None:
+    async def _prefill_messages(self, messages: list[ChatMessage], tools: tuple[Tool, ...] = ()) -> None:
         async with self.llm_lock:
-            await self.engines.llm.prefill(messages)
+            llm = self.engines.llm
+            await (llm.prefill(messages, tools) if tools else llm.prefill(messages))
 
     def _on_endpoint(self, event: object) -> None:
         policy = self.config.policy
@@ -555,3 +561,8 @@ class Session:
         if reply.finished:  # its done events are out: tell the client the history changed
             self.emit(ev.server_event("conversation.item.truncated", item_id=item.id, content_index=0,
                                       audio_end_ms=heard_ms))
+
+
+def _offered(config: SessionConfig) -> tuple[Tool, ...]:
+    """The tools a reply is offered (part of its prompt): none when ``tool_choice`` is ``none``."""
+    return config.tools if config.tool_choice != "none" else ()

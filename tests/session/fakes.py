@@ -16,7 +16,7 @@ import numpy as np
 
 from voicebot.core import events as ev
 from voicebot.core.audio import AudioFormat
-from voicebot.core.types import ChatMessage, Float32Array, Int16Array, VadScores
+from voicebot.core.types import ChatMessage, Float32Array, Int16Array, Tool, ToolChoice, VadScores
 from voicebot.engines.base import EchoCancellerFactory, Engines
 from voicebot.sink import AudioChunk
 
@@ -61,13 +61,17 @@ class SlowLlm:
         self.cleanup_s = cleanup_s  # how long stopping takes (a C++ loop noticing its stop flag)
         self.requests: list[list[ChatMessage]] = []
         self.prefills: list[list[ChatMessage]] = []
+        self.tools_offered: list[tuple[Tool, ...]] = []
         self.active = 0
         self.closed = 0
         self.waiting = 0  # no generation slots to wait for
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int,
-                     temperature: float) -> AsyncIterator[str]:
+                     temperature: float, tools: Sequence[Tool] = (),
+                     tool_choice: ToolChoice = "auto") -> AsyncIterator[str]:
+        """Says ``reply`` whatever tools are offered (it never calls one)."""
         self.requests.append(list(messages))
+        self.tools_offered.append(tuple(tools))
         self.active += 1
         try:
             await asyncio.sleep(self.first_delay)
@@ -80,7 +84,7 @@ class SlowLlm:
             self.active -= 1
             self.closed += 1
 
-    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+    async def prefill(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> None:
         self.prefills.append(list(messages))
         await asyncio.sleep(self.delay)
 
@@ -225,7 +229,8 @@ class FaultyLlm(SlowLlm):
         self.where = where
 
     async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int,
-                     temperature: float) -> AsyncIterator[str]:
+                     temperature: float, tools: Sequence[Tool] = (),
+                     tool_choice: ToolChoice = "auto") -> AsyncIterator[str]:
         faulty = self.fault.strike()
         if faulty and self.where == "first":
             self.requests.append(list(messages))

@@ -280,6 +280,17 @@ CLIENT_EVENT_TYPES = frozenset(
 )
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_field(part: object) -> bool:
+    """A parameter's name or index in a validation error's location, not a union member's tag
+    (``literal['auto','none']``, ``ToolChoiceFunction``, ``str``)."""
+    if isinstance(part, int):
+        return True
+    return isinstance(part, str) and part.isidentifier() and part.islower() and part not in _TYPE_TAGS
+
+
 def parse_client_event(raw: str | bytes) -> ClientEvent:
     """Parse and validate one client message; raise :class:`ProtocolError` with a precise message."""
     try:
@@ -306,7 +317,7 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
         event = _ADAPTER.validate_python(data, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"][1:]]  # drop the discriminator tag
+        loc = [str(p) for p in first["loc"][1:] if _is_field(p)]  # drop the discriminator and union tags
         param = ".".join(loc) or None
         missing = first["type"] == "missing"
         message = (

@@ -70,10 +70,11 @@ class LanguageModel(Protocol):
         """
         ...
 
-    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+    async def prefill(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> None:
         """Evaluate ``messages`` into the prompt cache now, so that a reply to a conversation that
-        starts with them only evaluates what comes after (the words said since). A no-op for a
-        backend without a cache of its own to warm (a remote server)."""
+        starts with them only evaluates what comes after (the words said since). ``tools``: the
+        ones the reply will be offered (they are part of its prompt). A no-op for a backend
+        without a cache of its own to warm (a remote server)."""
         ...
 
 

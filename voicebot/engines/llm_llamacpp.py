@@ -241,7 +241,7 @@ class LlamaCppModel:
         if errors:
             raise EngineError(f"embedded LLM error: {errors[0]}")
 
-    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+    async def prefill(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> None:
         """Prompt evaluation only (llama.cpp decodes one token, which is thrown away).
 
         The slot keeps the evaluated prompt in its KV cache (cache_prompt) and llama.cpp picks the
@@ -254,7 +254,7 @@ class LlamaCppModel:
             return
         stop = threading.Event()
         try:
-            await asyncio.to_thread(self._generate, self._request(messages, 0, 0.0), lambda _piece: None, stop)
+            await asyncio.to_thread(self._generate, self._request(messages, 0, 0.0, tools), lambda _piece: None, stop)
         finally:
             stop.set()
 

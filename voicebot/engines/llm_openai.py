@@ -83,7 +83,7 @@ class OpenAIChatModel:
         finally:
             await response.close()  # drops the HTTP stream: the server stops generating
 
-    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+    async def prefill(self, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()) -> None:
         """Nothing to warm here: a remote server keeps its own prompt cache."""
 
     def _describe(self, exc: openai.OpenAIError) -> str:
