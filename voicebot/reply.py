@@ -150,11 +150,9 @@ class ReplyPipeline:
         # lock is released only once it has, so the session's next request reuses this cache.
         async with self.llm_lock:
             self.timings.llm_started = time.monotonic()
-            # Tools only when offered: a LanguageModel written before tools existed still works.
-            llm = self.engines.llm
-            stream = (llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
-                                 tools=self.tools, tool_choice=self.tool_choice) if self.tools
-                      else llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature))
+            stream = self.engines.llm.stream(self.messages, max_tokens=self.max_tokens,
+                                             temperature=self.temperature, tools=self.tools,
+                                             tool_choice=self.tool_choice)
             held = ""  # blank pieces before the first words: a reply that only calls says nothing
             async with contextlib.aclosing(stream):
                 while True:

@@ -32,7 +32,7 @@ from voicebot.engines.base import Engines
 from voicebot.errors import EngineError, ProtocolError
 from voicebot.function_calls import FunctionCalls
 from voicebot.reply import AudioOut, EchoReference, ReplyPipeline, ReplyTimings
-from voicebot.session_config import SessionConfig, check_tool_choice, parse_tool_choice, parse_tools
+from voicebot.session_config import SessionConfig, check_tool_choice, offered_tools, response_tools
 from voicebot.sink import OutputSink
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,7 @@ class Responses:
                 code="conversation_already_has_active_response", event_id=event_id,
             )
         if params is not None and (params.tools is not None or params.tool_choice is not None):
-            config = self.ctx.config()
-            check_tool_choice(parse_tools(params.tools) if params.tools is not None else config.tools,
-                              parse_tool_choice(params.tool_choice) if params.tool_choice is not None
-                              else config.tool_choice, "response.tool_choice", event_id)
+            check_tool_choice(*response_tools(self.ctx.config(), params), "response.tool_choice", event_id)
         speculative, self.speculative = self.speculative, None
         if params is None and speculative is not None and not speculative.finished:
             reply = speculative  # already thinking since the pause: just let it speak
@@ -196,9 +193,8 @@ class Responses:
         reply = Reply(pipeline.response_id, pipeline, c, modalities, p,
                       p.instructions if p.instructions is not None else c.instructions)
         pipeline.on_audible = lambda: self._on_audible(reply)
-        tools = parse_tools(p.tools) if p.tools is not None else c.tools
-        choice = parse_tool_choice(p.tool_choice) if p.tool_choice is not None else c.tool_choice
-        if tools and choice != "none":
+        tools, choice = response_tools(c, p)
+        if offered_tools(tools, choice):
             pipeline.tools, pipeline.tool_choice = tools, choice
             reply.lazy_item = True
             reply.calls = FunctionCalls(
@@ -229,7 +225,7 @@ class Responses:
         if not (speculation.live and transcript and config.policy.create_response and self.active is None
                 and self.speculative is None and "audio" in config.output_modalities):
             return
-        if config.tools and config.tool_choice != "none":
+        if offered_tools(config.tools, config.tool_choice):
             # A silent reply cannot announce the calls it would make; with tools, replies start
             # at the end of the turn (the turn's transcription is still speculative).
             return
@@ -404,8 +400,7 @@ class Responses:
         so their next turn evaluates only their words (the chat template's few tokens are done)."""
         async with self.ctx.llm_lock:
             history = self.ctx.history(instructions, pending="")
-            llm = self.ctx.engines.llm
-            await (llm.prefill(history, tools) if tools else llm.prefill(history))
+            await self.ctx.engines.llm.prefill(history, tools)
 
     def cancel(self, reason: str) -> None:
         """The active reply ends *now*, in this very step (barge-in, response.cancel, a keypad press).

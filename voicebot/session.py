@@ -49,7 +49,7 @@ from voicebot.hearing import BufferFull, Hearing
 from voicebot.metrics import Metrics
 from voicebot.reply import ReplyTimings
 from voicebot.responses import ResponseContext, Responses, Speculation
-from voicebot.session_config import SessionConfig, apply_update, session_wire
+from voicebot.session_config import SessionConfig, apply_update, offered_tools, session_wire
 from voicebot.sink import OutputSink
 from voicebot.tasks import OwnedTasks
 from voicebot.transcripts import Transcripts
@@ -308,15 +308,13 @@ class Session:
         old, self.config = self.config, self._fixed_media(apply_update(self.config, session, event_id))
         self.hearing.configure(self.config.vad)
         self.emit(ev.server_event("session.updated", session=self.session_wire()))
-        prompt_changed = (self.config.instructions, self._offered_tools()) != (old.instructions,
-                                                                                 _offered(old))
+        tools = offered_tools(self.config.tools, self.config.tool_choice)
+        prompt_changed = (self.config.instructions, tools) != (old.instructions,
+                                                               offered_tools(old.tools, old.tool_choice))
         if prompt_changed and (self._prefill is None or self._prefill.done()):
             # New instructions or tools: evaluate them now, not when the first question waits for it.
             history = self.responses.ctx.history(self.config.instructions)
-            self._prefill = self.spawn(self._prefill_messages(history, self._offered_tools()), "prefill-instructions")
-
-    def _offered_tools(self) -> tuple[Tool, ...]:
-        return _offered(self.config)
+            self._prefill = self.spawn(self._prefill_messages(history, tools), "prefill-instructions")
 
     # --- audio in ------------------------------------------------------------------------------
 
@@ -338,8 +336,7 @@ class Session:
 
     async def _prefill_messages(self, messages: list[ChatMessage], tools: tuple[Tool, ...] = ()) -> None:
         async with self.llm_lock:
-            llm = self.engines.llm
-            await (llm.prefill(messages, tools) if tools else llm.prefill(messages))
+            await self.engines.llm.prefill(messages, tools)
 
     def _on_endpoint(self, event: object) -> None:
         policy = self.config.policy
@@ -561,8 +558,3 @@ class Session:
         if reply.finished:  # its done events are out: tell the client the history changed
             self.emit(ev.server_event("conversation.item.truncated", item_id=item.id, content_index=0,
                                       audio_end_ms=heard_ms))
-
-
-def _offered(config: SessionConfig) -> tuple[Tool, ...]:
-    """The tools a reply is offered (part of its prompt): none when ``tool_choice`` is ``none``."""
-    return config.tools if config.tool_choice != "none" else ()

@@ -167,6 +167,17 @@ def apply_update(c: SessionConfig, s: ev.SessionConfig, event_id: str | None) ->
     return replace(c, **changes)
 
 
+def response_tools(c: SessionConfig, p: ev.ResponseParams) -> tuple[tuple[Tool, ...], ToolChoice]:
+    """The tools and choice of one response: its own if ``response.create`` names them, else the session's."""
+    tools = parse_tools(p.tools) if p.tools is not None else c.tools
+    return tools, parse_tool_choice(p.tool_choice) if p.tool_choice is not None else c.tool_choice
+
+
+def offered_tools(tools: tuple[Tool, ...], choice: ToolChoice) -> tuple[Tool, ...]:
+    """What the model is offered (part of its prompt): nothing when ``tool_choice`` is ``none``."""
+    return tools if choice != "none" else ()
+
+
 def parse_tools(tools: list[ev.FunctionTool]) -> tuple[Tool, ...]:
     return tuple(Tool(t.name, t.description or "", t.parameters) for t in tools)
 

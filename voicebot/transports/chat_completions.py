@@ -25,7 +25,6 @@ from starlette.types import Receive
 from voicebot.config import Settings
 from voicebot.core import events as ev
 from voicebot.core.types import (
-    TOOL_CHOICE_MODES,
     ChatMessage,
     LlmPiece,
     Tool,
@@ -35,6 +34,7 @@ from voicebot.core.types import (
 )
 from voicebot.engines.base import LanguageModel
 from voicebot.errors import EngineError, HttpError, ProtocolError
+from voicebot.session_config import check_tool_choice
 from voicebot.transports.access import API, authorize
 from voicebot.transports.event_stream import EventStreamResponse
 from voicebot.transports.http_common import json_errors, read_model
@@ -123,14 +123,10 @@ class ChatRequest(BaseModel):
                       for t in self.tools or ())
         choice = self.tool_choice or "auto"
         name = choice if isinstance(choice, str) else choice.function.name
-        if len({t.name for t in tools}) < len(tools):
-            raise HttpError(400, "Two tools have the same name.", "invalid_value", param="tools")
-        if name == "required" and not tools:
-            raise HttpError(400, "tool_choice 'required' needs at least one tool.", "invalid_value",
-                            param="tool_choice")
-        if name not in TOOL_CHOICE_MODES and name not in {t.name for t in tools}:
-            raise HttpError(400, f"tool_choice names the function '{name}', which is not among the tools.",
-                            "invalid_value", param="tool_choice")
+        try:
+            check_tool_choice(tools, name, "tool_choice", event_id=None)  # the Realtime session's rules
+        except ProtocolError as exc:
+            raise HttpError(400, exc.message, exc.code, param=exc.param) from None
         return tools, name
 
     def check_history(self) -> None:
@@ -199,8 +195,6 @@ class Generation:
     tool_choice: ToolChoice = "auto"
 
     def stream(self, llm: LanguageModel) -> AsyncGenerator[LlmPiece, None]:
-        if not self.tools:  # a LanguageModel written before tools existed still works
-            return llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature)
         return llm.stream(self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
                           tools=self.tools, tool_choice=self.tool_choice)
 
