@@ -127,8 +127,21 @@ class ReplyPipeline:
     full_text: str = ""  # everything the LLM wrote (the item keeps only what was spoken)
     #: Where this reply's audio begins on the playout clock's timeline (set by the first chunk).
     audio_start_ms: float | None = None
+    #: Set when the reply has ended for the listener (cancelled, failed, done): from then on
+    #: nothing more leaves, not even from a stage that wakes in the same loop step as the cancel.
+    halted: bool = False
     _clauses_unsent: int = 0  # chunks handed to the TTS whose audio has not all been sent yet
     _synthesized_ms: float = 0.0  # synthesized audio not yet sent to the listener
+
+    def halt(self) -> None:
+        """Nothing more reaches the listener or the client, from now on.
+
+        Cancelling the reply's task is not enough on its own: the cancellation reaches the
+        pipeline's stages only at their next ``await``, and a stage whose sleep ended in the same
+        loop step still runs first. After a barge-in has flushed the playout clock, that stage
+        would see no pacing delay and send a whole lead's worth of audio in one burst.
+        """
+        self.halted = True
 
     def _ids(self) -> dict[str, Any]:
         return {"response_id": self.response_id, "item_id": self.item.id, "output_index": self.output_index,
@@ -166,6 +179,8 @@ class ReplyPipeline:
                     if first:
                         self.timings.llm_first_token = time.monotonic()
                     self.timings.llm_tokens += 1
+                    if self.halted:
+                        break
                     if isinstance(piece, ToolCallDelta):
                         self.on_tool_delta(piece)
                         continue
@@ -189,6 +204,8 @@ class ReplyPipeline:
         await self.released.wait()
         async with contextlib.aclosing(self._tokens()) as tokens:  # closed however we leave
             async for piece in tokens:
+                if self.halted:
+                    break
                 self.item.text += piece
                 self.emit(server_event("response.output_text.delta", delta=piece, **self._ids()))
         self.item.text = self.item.text.strip()
@@ -253,6 +270,8 @@ class ReplyPipeline:
         self.item.text = ""
         await self.released.wait()
         while (entry := await audio.get()) is not None:
+            if self.halted:
+                return
             clause, samples = entry
             converted = out.converter.convert(samples)
             clause_ms = samples.size * 1000 / rate
@@ -266,6 +285,8 @@ class ReplyPipeline:
             await self._send_audio(converted)
             self._clauses_unsent -= 1
         tail = out.converter.finish()
+        if self.halted:
+            return
         if tail.size:
             await self._send_audio(tail)
         out.sink.end_audio(self.response_id, self.item.id)
@@ -279,6 +300,8 @@ class ReplyPipeline:
             delay = out.clock.delay_before_send(time.monotonic())
             if delay > 0:
                 await asyncio.sleep(delay)
+            if self.halted:
+                return
             if self.audio_start_ms is None:
                 self.audio_start_ms = out.clock.sent_ms
                 self.timings.first_audio_sent = time.monotonic()

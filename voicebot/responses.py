@@ -239,6 +239,7 @@ class Responses:
         reply = reply or self.speculative
         self.speculative = None
         if reply is not None and not reply.public:
+            reply.pipeline.halt()
             reply.cancel_reason = "speculation_dropped"
             if reply.task is not None:
                 reply.task.cancel()
@@ -342,6 +343,7 @@ class Responses:
         if reply.finished:
             return
         reply.finished = True
+        reply.pipeline.halt()  # before anything else: no stage may send more, even in this loop step
         if self.speculative is reply:
             self.speculative = None
         if self.active is reply:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from typing import Any
 
 import pytest
@@ -180,6 +181,29 @@ async def test_barge_in_cancels_reply_stops_audio_and_truncates_history() -> Non
         second = await h.wait_for("response.done", 2)
         assert second["response"]["status"] == "completed"
         assert [m.content for m in h.llm.requests[1] if m.role == "assistant"] == [heard]
+    finally:
+        await h.session.close()
+    assert h.session.active_tasks == 0
+
+
+async def test_a_halted_reply_sends_nothing_even_before_its_cancellation_lands() -> None:
+    """The race CI once hit: barge-in flushes the playout clock and cancels the reply's task, but a
+    sending stage whose pacing sleep ended in that same loop step runs before the cancellation
+    reaches it. It then found no pacing delay (the clock was just flushed) and sent a lead's worth
+    of audio after ``speech_started``. Here the stage wakes with no cancellation at all: the halt
+    alone must keep everything from the listener."""
+    h = Harness(tts=ToneTts(ms_per_char=40), lead_ms=200)
+    try:
+        await h.speak(tone(700) + silence(900))
+        await h.wait_for("response.output_audio.delta", 3)
+        reply = h.session.responses.active
+        assert reply is not None
+        reply.pipeline.halt()
+        h.session.playout.flush(time.monotonic())
+        sent, events = len(h.sink.chunks), len(h.events)
+        await asyncio.sleep(0.6)  # several chunks' worth of pacing, and an empty clock to fill
+        assert len(h.sink.chunks) == sent
+        assert not [e for e in h.events[events:] if e["type"].endswith(".delta")]
     finally:
         await h.session.close()
     assert h.session.active_tasks == 0
