@@ -131,6 +131,17 @@ class Settings:
     )
     llm_model: str = field(default="", metadata=_meta("Model name for the remote LLM endpoint."))
     llm_api_key: str = field(default="", metadata=_meta("API key for the remote LLM endpoint."))
+    asr_base_url: str = field(default="", metadata=_meta(
+        "OpenAI-compatible speech-to-text server (its /v1/audio/transcriptions, e.g. http://host:8000/v1; "
+        "another voicebot is one). Empty = the embedded Whisper."))
+    asr_remote_model: str = field(default="whisper-1", metadata=_meta("Model name sent to --asr-base-url."))
+    asr_api_key: str = field(default="", metadata=_meta("API key for --asr-base-url."))
+    tts_base_url: str = field(default="", metadata=_meta(
+        "OpenAI-compatible text-to-speech server (its /v1/audio/speech, streamed; e.g. http://host:8000/v1). "
+        "Empty = the embedded Piper voice."))
+    tts_remote_model: str = field(default="tts-1", metadata=_meta("Model name sent to --tts-base-url."))
+    tts_voice: str = field(default="alloy", metadata=_meta("Voice name sent to --tts-base-url."))
+    tts_api_key: str = field(default="", metadata=_meta("API key for --tts-base-url."))
     llm_retries: int = field(default=2, metadata=_meta(
         "Retries of a remote LLM request that could not connect or got HTTP 429/5xx, before its first "
         "token only (with exponential backoff); then the response fails with llm_failed."))
@@ -165,6 +176,12 @@ class Settings:
                                   "whose audio runs out soonest first.")
     )
     tts_speed: float = field(default=1.0, metadata=_meta("Speech rate multiplier for the synthesized voice."))
+
+    # Shared state (docs/deploy.md)
+    store: str = field(default="memory", metadata=_meta(
+        "Where conversations, their event logs and client tokens live: 'memory' (this process only) or "
+        "redis://host:port/db, shared by every instance behind a load balancer (refuses to start if Redis "
+        "cannot be reached)."))
 
     # Text over SSE (docs/protocol.md "Text over SSE")
     sse_heartbeat_s: float = field(
@@ -316,7 +333,7 @@ def startup_problems(settings: Settings) -> list[str]:
 def secrets(settings: Settings) -> list[str]:
     """Every configured credential: never to appear in a log line."""
     turn_passwords = [server.split("@", 1)[0].rpartition(":")[2] for server in settings.ice_servers if "@" in server]
-    return [*settings.api_keys, settings.llm_api_key, settings.twilio_auth_token, *turn_passwords]
+    return [*settings.api_keys, settings.llm_api_key, settings.asr_api_key, settings.tts_api_key, settings.twilio_auth_token, *turn_passwords]
 
 
 def _env_name(name: str) -> str:
