@@ -3,6 +3,13 @@
 Called once by the server's lifespan. Each load is timed and logged, because start-up time is
 what an operator notices first; the embedded LLM is warmed up (system prompt evaluated into its
 KV cache) so the first caller does not pay for it.
+
+ASR, TTS and LLM are each embedded or remote (``--asr-base-url``, ``--tts-base-url``,
+``--llm-base-url``), independently. A remote engine's embedded backend is neither imported nor
+looked for on disk: with all three remote, no faster-whisper / CTranslate2, piper or llama.cpp
+is loaded (tests/unit/test_remote_engines.py checks ``sys.modules``), and the process keeps only
+the ear (VAD, the turn model, the echo canceller). The remote clients send many requests at once
+(their servers queue on their side), so their queues admit more calls than the CPU-bound ones.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from voicebot.config import Settings
-from voicebot.engines.base import Engines, LanguageModel
+from voicebot.engines.base import Engines, LanguageModel, SpeechRecognizer, SpeechSynthesizer
 from voicebot.engines.cpu_queue import CpuQueues
 from voicebot.models import (
     Progress,
@@ -28,6 +35,11 @@ from voicebot.models import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Requests at once to a remote ASR or TTS server (per process): it is network wait, not our CPU.
+REMOTE_SLOTS = 16
+#: Retries of a remote ASR/TTS request (connection failed, HTTP 408/409/429/5xx), with backoff.
+REMOTE_RETRIES = 2
 
 
 def _timed(what: str, make: Callable[[], T]) -> T:
@@ -60,17 +72,16 @@ def load_llm(settings: Settings, progress: Progress | None = None) -> LanguageMo
     return model
 
 
-def load_engines(settings: Settings, progress: Progress | None = None) -> Engines:
-    """Load VAD, ASR, LLM and TTS; raises ModelError with a fix when a model is missing."""
-    from voicebot.engines.aec_webrtc import WebRtcEchoCanceller
-    from voicebot.engines.asr_whisper import WhisperRecognizer
-    from voicebot.engines.tts_piper import PiperSynthesizer
-    from voicebot.engines.turn_smart import SmartTurn
-    from voicebot.engines.vad import make_vad_factory
+def load_asr(settings: Settings, cache: Path, progress: Progress | None = None) -> SpeechRecognizer:
+    """Remote when ``asr_base_url`` is set, else the embedded Whisper."""
+    if settings.asr_base_url:
+        from voicebot.engines.asr_openai import OpenAITranscriber
 
-    cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
-    vad = _timed("VAD (webrtcvad + silero v6)", make_vad_factory)
-    asr = _timed(
+        return OpenAITranscriber(settings.asr_base_url, settings.asr_remote_model, settings.asr_api_key,
+                                 timeout=settings.engine_timeout_s, retries=REMOTE_RETRIES)
+    from voicebot.engines.asr_whisper import WhisperRecognizer
+
+    return _timed(
         f"ASR (whisper {settings.asr_model})",
         lambda: WhisperRecognizer(
             whisper_model_dir(settings.asr_model, cache, progress),
@@ -80,15 +91,49 @@ def load_engines(settings: Settings, progress: Progress | None = None) -> Engine
             min_window_s=settings.asr_window_s,
         ),
     )
-    tts = _timed(
+
+
+def load_tts(settings: Settings) -> SpeechSynthesizer:
+    """Remote when ``tts_base_url`` is set, else the embedded Piper voice."""
+    if settings.tts_base_url:
+        from voicebot.engines.tts_openai import OpenAISynthesizer
+
+        return OpenAISynthesizer(settings.tts_base_url, settings.tts_remote_model, settings.tts_voice,
+                                 settings.tts_api_key, speed=settings.tts_speed, timeout=settings.engine_timeout_s,
+                                 retries=REMOTE_RETRIES)
+    from voicebot.engines.tts_piper import PiperSynthesizer
+
+    return _timed(
         "TTS (piper joe-medium)",
         lambda: PiperSynthesizer(piper_voice_path(), speed=settings.tts_speed, threads=settings.tts_threads),
     )
+
+
+def load_engines(settings: Settings, progress: Progress | None = None) -> Engines:
+    """Load VAD, ASR, LLM and TTS; raises ModelError with a fix when a model is missing."""
+    from voicebot.engines.aec_webrtc import WebRtcEchoCanceller
+    from voicebot.engines.turn_smart import SmartTurn
+    from voicebot.engines.vad import make_vad_factory
+
+    cache = Path(settings.model_dir) if settings.model_dir else default_cache_dir()
+    vad = _timed("VAD (webrtcvad + silero v6)", make_vad_factory)
+    asr = load_asr(settings, cache, progress)
+    tts = load_tts(settings)
     turn = _timed("turn model (smart-turn v3.2)", lambda: SmartTurn(smart_turn_path(cache)))
     echo = WebRtcEchoCanceller if settings.echo_cancellation else None
     llm = load_llm(settings, progress)
-    cpu = CpuQueues.for_cores(asr_slots=settings.asr_workers, tts_slots=settings.tts_workers)
+    for role, url in (("ASR", settings.asr_base_url), ("TTS", settings.tts_base_url),
+                      ("LLM", settings.llm_base_url)):
+        if url:
+            log.info("%s: remote, %s", role, url)
+    cpu = CpuQueues.for_cores(asr_slots=_slots(settings.asr_workers, settings.asr_base_url),
+                              tts_slots=_slots(settings.tts_workers, settings.tts_base_url))
     return Engines(vad=vad, asr=asr, llm=llm, tts=tts, turn=turn, echo=echo, cpu=cpu)
+
+
+def _slots(workers: int, base_url: str) -> int:
+    """A remote engine's calls wait on the network, not on our two cores: admit at least REMOTE_SLOTS."""
+    return max(workers, REMOTE_SLOTS) if base_url else workers
 
 
 async def close_engines(engines: Engines) -> None:

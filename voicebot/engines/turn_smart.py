@@ -7,21 +7,45 @@ variance, then Whisper's 80-bin log-mel features (faster-whisper's own ``Feature
 computes them: identical to the reference front end within 3e-7) — and answers one probability
 that the turn is complete. It costs ~70 ms of one core per call; the session asks it once per
 pause, from a worker thread, and ``core.endpoint`` combines its answer with the silence so far.
+
+The front end is loaded from faster-whisper's ``feature_extractor.py`` file alone (numpy only),
+not through ``import faster_whisper``: that package's ``__init__`` loads CTranslate2, PyAV and
+tokenizers (+36 MB RSS), which an instance whose ASR is remote (``--asr-base-url``) never needs.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
-from faster_whisper.feature_extractor import FeatureExtractor
 
 from voicebot.core.types import ENGINE_RATE, Float32Array
+from voicebot.models import package_dir
 
 WINDOW_S = 8
 _WINDOW = WINDOW_S * ENGINE_RATE
 _NORM_EPS = 1e-7
+
+
+def whisper_feature_extractor() -> Any:
+    """faster-whisper's ``FeatureExtractor`` class, without importing the ``faster_whisper`` package."""
+    loaded = sys.modules.get("faster_whisper.feature_extractor")
+    if loaded is not None:
+        return loaded.FeatureExtractor
+    name = "voicebot.engines._whisper_features"
+    module = sys.modules.get(name)
+    if module is None:
+        path = package_dir("faster_whisper", "faster-whisper") / "feature_extractor.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return module.FeatureExtractor
 
 
 class SmartTurn:
@@ -39,7 +63,7 @@ class SmartTurn:
         self._session = onnxruntime.InferenceSession(str(model_path), sess_options=opts,
                                                      providers=["CPUExecutionProvider"])
         # Called without chunk_length, the extractor only reads its filters: safe from any thread.
-        self._features = FeatureExtractor(feature_size=80, chunk_length=WINDOW_S)
+        self._features = whisper_feature_extractor()(feature_size=80, chunk_length=WINDOW_S)
 
     def complete_probability(self, audio: Float32Array) -> float:
         """P(the turn is complete) for 16 kHz float32 audio of the turn so far (its end = now)."""
