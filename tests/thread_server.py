@@ -14,7 +14,7 @@ import uvicorn
 from tests.conftest import free_port
 from tests.session.fakes import SlowLlm, ToneTts, fake_engines
 from voicebot.config import from_env
-from voicebot.conversations import ConversationHub
+from voicebot.conversation_hub import ConversationHub
 from voicebot.server import create_app
 from voicebot.state import AppState
 

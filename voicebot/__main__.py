@@ -27,6 +27,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = config.from_args(args)
     problems = config.startup_problems(settings)
+    if not problems and settings.store != "memory":
+        from voicebot.redis_store import unreachable
+
+        problems = [problem] if (problem := unreachable(settings.store)) else []
     if problems:  # before any model loads: a refused start is instant
         for problem in problems:
             print(f"voicebot: {problem}", file=sys.stderr)

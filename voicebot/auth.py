@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 TOKEN_PREFIX = "ek_"
@@ -61,6 +62,15 @@ class ClientTokens:
         heapq.heappush(self._expiries, (expires_at, token))
         return token, expires_at
 
+    def remember(self, token: str, record: TokenRecord) -> None:
+        """A token minted elsewhere (another instance, through the shared store)."""
+        if token not in self._tokens:
+            self._tokens[token] = record
+            heapq.heappush(self._expiries, (record.expires_at, token))
+
+    def record(self, token: str) -> TokenRecord | None:
+        return self._live(token, None)
+
     def _live(self, token: str, now: float | None) -> TokenRecord | None:
         now = time.time() if now is None else now
         self.purge(now)
@@ -87,10 +97,40 @@ class ClientTokens:
         return len(self._tokens)
 
 
+class TokenStore(Protocol):
+    """Where tokens are shared between instances (``voicebot.redis_store.RedisStore``)."""
+
+    async def put_token(self, token: str, record: TokenRecord) -> None: ...
+
+    async def get_token(self, token: str) -> TokenRecord | None: ...
+
+
 @dataclass
 class Authenticator:
     api_keys: Sequence[str]
     tokens: ClientTokens = field(default_factory=ClientTokens)
+    #: With --store redis://…: tokens minted here are written there, and a token this process
+    #: has not seen is looked up there (then remembered until it expires).
+    store: TokenStore | None = None
+
+    async def mint(self, ttl_s: float | None = None, scope: str | None = None,
+                   owner: str | None = None) -> tuple[str, float]:
+        """A new client token, valid on every instance sharing the store."""
+        token, expires_at = self.tokens.mint(ttl_s, scope=scope, owner=owner)
+        if self.store is not None:
+            record = self.tokens.record(token)
+            if record is not None:
+                await self.store.put_token(token, record)
+        return token, expires_at
+
+    async def recall(self, credential: str | None) -> None:
+        """Before a credential is checked: fetch a token minted on another instance."""
+        if (self.store is None or not credential or not credential.startswith(TOKEN_PREFIX)
+                or self.tokens.record(credential) is not None):
+            return
+        record = await self.store.get_token(credential)
+        if record is not None and record.expires_at > time.time():
+            self.tokens.remember(credential, record)
 
     @property
     def required(self) -> bool:

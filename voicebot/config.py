@@ -199,6 +199,9 @@ class Settings:
     max_text_bytes: int = field(
         default=256 * 1024, metadata=_meta("Largest JSON body of the HTTP text API (chat completions, messages).")
     )
+    max_audio_upload_bytes: int = field(
+        default=25 * 1024 * 1024, metadata=_meta("Largest upload to POST /v1/audio/transcriptions (OpenAI's 25 MiB).")
+    )
     max_conversations: int = field(default=10_000, metadata=_meta(
         "HTTP conversations kept in memory at once; one more is refused with 429 too_many_conversations "
         "(idle ones expire: --conversation-idle-ttl-s)."))
@@ -301,6 +304,10 @@ AT_LEAST_ONE = ("asr_workers", "asr_threads", "llm_threads", "llm_parallel", "ll
                 "tts_workers", "max_response_tokens")
 
 
+#: What --store accepts besides "memory" (the schemes of redis-py's from_url).
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -322,6 +329,9 @@ def startup_problems(settings: Settings) -> list[str]:
         problems.append(f"--host {settings.host} is reachable from other machines, and no --api-key is set: "
                         "anyone could use this server. Set --api-key (or VOICEBOT_API_KEYS), or pass "
                         "--insecure if that is really what you want.")
+    if settings.store != "memory" and not settings.store.startswith(STORE_SCHEMES):
+        problems.append(f"--store {settings.store}: use 'memory' or a Redis URL (redis://host:port/db, "
+                        "rediss:// for TLS, unix:///path/redis.sock).")
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         problems.append("TLS needs both --ssl-certfile and --ssl-keyfile.")
     for flag, path in (("--ssl-certfile", settings.ssl_certfile), ("--ssl-keyfile", settings.ssl_keyfile)):
@@ -333,7 +343,8 @@ def startup_problems(settings: Settings) -> list[str]:
 def secrets(settings: Settings) -> list[str]:
     """Every configured credential: never to appear in a log line."""
     turn_passwords = [server.split("@", 1)[0].rpartition(":")[2] for server in settings.ice_servers if "@" in server]
-    return [*settings.api_keys, settings.llm_api_key, settings.asr_api_key, settings.tts_api_key, settings.twilio_auth_token, *turn_passwords]
+    return [*settings.api_keys, settings.llm_api_key, settings.asr_api_key, settings.tts_api_key,
+            settings.twilio_auth_token, *turn_passwords]
 
 
 def _env_name(name: str) -> str:

@@ -22,16 +22,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from voicebot.config import Settings
+from voicebot.conversation_feed import StoreFeed, item_from_snapshot
 from voicebot.core import events as ev
 from voicebot.core.conversation import Conversation, Item
 from voicebot.core.sse import EventLog, LogEntry, sse_frame
 from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
+from voicebot.redis_store import RedisStore, StoredEvent, StoreUnavailable
 from voicebot.session import Session
 from voicebot.session_config import SessionConfig
 from voicebot.sink import NullSink
@@ -48,6 +49,15 @@ def conversation_not_found(conversation_id: str) -> HttpError:
     return HttpError(404, f"Conversation '{conversation_id}' does not exist.", "conversation_not_found")
 
 
+def store_unavailable(exc: StoreUnavailable) -> HttpError:
+    return HttpError(503, f"The shared store is unavailable; try again shortly ({exc}).", "store_unavailable",
+                     type="server_error")
+
+
+#: The events that add or finish an item: with a shared store they carry its snapshot.
+ITEM_EVENTS = frozenset({"user.message", "assistant.done", "tool.call", "tool.output"})
+
+
 def shutdown_frame(reason: str) -> bytes:
     """The last event of every stream when the server shuts down (docs/protocol.md, "The event stream")."""
     return sse_frame("shutdown", {"reason": "server_shutting_down", "message": reason[:1].upper() + reason[1:] + "."})
@@ -59,7 +69,7 @@ def shutdown_frame(reason: str) -> bytes:
 class Listener:
     """One SSE reader: a bounded queue of entries and a wake-up event."""
 
-    __slots__ = ("closed", "farewell", "limit", "overflowed", "pending", "wake")
+    __slots__ = ("closed", "farewell", "floor", "limit", "overflowed", "pending", "wake")
 
     def __init__(self, limit: int) -> None:
         self.pending: deque[LogEntry] = deque()
@@ -68,10 +78,13 @@ class Listener:
         self.closed = False
         self.overflowed = False
         self.farewell: bytes | None = None  # the last frame of an ended stream (the shutdown event)
+        self.floor = 0  # entries up to this id reached the reader another way (the backlog)
 
     def push(self, entry: LogEntry) -> bool:
         if self.closed:
             return False
+        if entry.id <= self.floor:
+            return True
         if len(self.pending) >= self.limit:
             # Too slow: end this stream instead of buffering without bound; the client resumes
             # from the log with Last-Event-ID and loses nothing the log still holds.
@@ -167,6 +180,16 @@ class SharedConversation:
         self._want_reply = False
         self._unsubscribe = conversation.subscribe_events(self._on_event)
         self.last_active = time.monotonic()  # the last request, event or listener leaving (idle expiry)
+        #: With a shared store (--store redis://…): the log lives there, numbered for every instance.
+        self.feed: StoreFeed | None = None
+
+    def share(self, store: RedisStore, last_event_id: int) -> None:
+        """Keep the event log in ``store`` from now on (from ``last_event_id``, the newest issued)."""
+        self.feed = StoreFeed(store, self.id, last_event_id, self._delivered)
+
+    @property
+    def last_event_id(self) -> int:
+        return self.feed.last_id if self.feed is not None else self.log.last_id
 
     @property
     def id(self) -> str:
@@ -182,13 +205,41 @@ class SharedConversation:
         """Nobody listening and no text reply running (voice sessions are the hub's to check)."""
         return not self.listeners and (self._runner is None or self._runner.done())
 
-    def publish(self, event: str, data: dict[str, Any]) -> LogEntry:
+    def publish(self, event: str, data: dict[str, Any]) -> None:
         self.last_active = time.monotonic()
-        entry = self.log.append(event, data)
+        if self.feed is not None:  # numbered by the store; delivered here when it comes back
+            item_id = data.get("item_id")
+            item = (item_snapshot(self.conversation.get(item_id))
+                    if event in ITEM_EVENTS and isinstance(item_id, str) and item_id in self.conversation else None)
+            self.feed.append(event, data, item)
+            return
+        self._fan_out(self.log.append(event, data))
+
+    def _fan_out(self, entry: LogEntry) -> None:
         for listener in list(self.listeners):
             if not listener.push(entry):
                 self.listeners.discard(listener)
-        return entry
+
+    def _delivered(self, event: StoredEvent) -> None:
+        """An entry of the shared log (any instance's): to the readers here; another instance's
+        item into the local history, so sessions here see it."""
+        self.last_active = time.monotonic()
+        if event.item is not None and event.origin != (self.feed.origin if self.feed else None):
+            self._apply(event.item)
+        self._fan_out(LogEntry(event.id, event.event, event.data, sse_frame(event.event, event.data, event.id)))
+
+    def _apply(self, snapshot: dict[str, Any]) -> None:
+        item_id = snapshot.get("item_id")
+        if not isinstance(item_id, str):
+            return
+        if item_id in self.conversation:
+            item = self.conversation.get(item_id)
+            if item.type == "message" and snapshot.get("text") is not None:
+                item.text = snapshot["text"]
+                item.status = snapshot.get("status") or item.status
+                self.conversation.notify("updated", item)
+            return
+        self.conversation.add(item_from_snapshot(snapshot), by="store")
 
     def _on_event(self, event: ev.ServerEvent) -> None:
         try:
@@ -268,6 +319,32 @@ class SharedConversation:
         self.listeners.add(listener)
         return Subscription(listener, backlog, reset)
 
+    async def listen(self, last_event_id: int | None) -> Subscription:
+        """:meth:`subscribe`, wherever the log lives. From the shared store: the listener is
+        registered first and the backlog read after, so nothing falls between the two; what
+        arrives live as well as in the backlog is dropped once (``Listener.floor``)."""
+        feed = self.feed
+        if feed is None:
+            return self.subscribe(last_event_id)
+        listener = Listener(self.settings.sse_listener_queue)
+        self.listeners.add(listener)
+        try:
+            backlog = await feed.since(last_event_id) if last_event_id is not None else None
+        except StoreUnavailable:
+            self.unsubscribe(listener)
+            raise
+        reset = None
+        entries = [LogEntry(e.id, e.event, e.data, sse_frame(e.event, e.data, e.id)) for e in backlog or []]
+        if backlog is None:
+            reason = "invalid_last_event_id" if last_event_id is None or last_event_id > feed.last_id \
+                else "too_old"
+            listener.floor = feed.last_id  # the snapshot holds everything up to here
+            reset = sse_frame("reset", {"reason": reason, "items": self.snapshot()}, feed.last_id)
+        else:
+            listener.floor = entries[-1].id if entries else (last_event_id or 0)
+        listener.pending = deque(e for e in listener.pending if e.id > listener.floor)
+        return Subscription(listener, entries, reset)
+
     def unsubscribe(self, listener: Listener) -> None:
         self.listeners.discard(listener)
         listener.close()
@@ -292,7 +369,7 @@ class SharedConversation:
     def to_wire(self, with_items: bool = False) -> dict[str, Any]:
         wire: dict[str, Any] = {"id": self.id, "object": "conversation", "created_at": self.created_at,
                                 "instructions": self.conversation.instructions,
-                                "last_event_id": self.log.last_id}
+                                "last_event_id": self.last_event_id}
         if with_items:
             wire["items"] = self.snapshot()
         return wire
@@ -368,6 +445,8 @@ class SharedConversation:
 
     async def close(self) -> None:
         self._unsubscribe()
+        if self.feed is not None:
+            await self.feed.close()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -375,125 +454,3 @@ class SharedConversation:
         if self._responder is not None:
             await self._responder.close()
         self.sever()
-
-
-# --- the registry -----------------------------------------------------------------------------------
-
-
-class ConversationHub:
-    """Every shared conversation of the process: created over HTTP, attached to by voice sessions.
-
-    A conversation nobody has used for ``--conversation-idle-ttl-s`` — no request, no event, no
-    event stream open, no voice session on it, no reply running — is forgotten: by a sweep the
-    hub runs every quarter of the TTL (and at once when a create finds the hub full), and a
-    request for it answers 404 even before the sweep comes. So ``--max-conversations`` bounds
-    the conversations in use, not every conversation ever created.
-    """
-
-    def __init__(self, settings: Settings, engines: Engines,
-                 in_use: Callable[[], Collection[str]] = frozenset) -> None:
-        self.settings = settings
-        self.engines = engines
-        #: The ids of the conversations live voice sessions are on (AppState knows its sessions).
-        self.in_use = in_use
-        self._conversations: dict[str, SharedConversation] = {}
-        self._sweeper: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()  # expired conversations being closed
-
-    def create(self, instructions: str | None = None) -> SharedConversation:
-        if len(self._conversations) >= self.settings.max_conversations:
-            self.sweep()
-        if len(self._conversations) >= self.settings.max_conversations:
-            raise HttpError(429, f"This server holds its maximum of {self.settings.max_conversations} "
-                            "conversations.", "too_many_conversations")
-        conversation = Conversation(ev.new_id("conv"), instructions, max_items=self.settings.max_conversation_items,
-                                    max_bytes=self.settings.max_conversation_bytes)
-        shared = SharedConversation(conversation, self.settings, self.engines)
-        self._conversations[conversation.id] = shared
-        self._start_sweeper()
-        return shared
-
-    def get(self, conversation_id: str) -> SharedConversation:
-        """The conversation, or the 404 every transport answers for an unknown (or expired) id."""
-        shared = self._conversations.get(conversation_id)
-        if shared is None or self._expired(shared, time.monotonic(), None):
-            if shared is not None:
-                self._forget(shared)
-            raise conversation_not_found(conversation_id)
-        shared.touch()
-        return shared
-
-    def __len__(self) -> int:
-        return len(self._conversations)
-
-    @property
-    def listener_count(self) -> int:
-        return sum(len(c.listeners) for c in self._conversations.values())
-
-    @property
-    def replying(self) -> bool:
-        return any(c.replying for c in self._conversations.values())
-
-    def go_away(self, reason: str) -> None:
-        """Shutdown: end every event stream with a last ``shutdown`` event. It has no ``id``: the
-        conversations live in this process only, so there is nothing to resume from elsewhere."""
-        frame = shutdown_frame(reason)
-        for shared in self._conversations.values():
-            shared.sever(frame)
-
-    # --- idle expiry ---------------------------------------------------------------------------
-
-    def _expired(self, shared: SharedConversation, now: float, in_use: Collection[str] | None) -> bool:
-        ttl = self.settings.conversation_idle_ttl_s
-        if ttl <= 0 or not shared.idle or now - shared.last_active < ttl:
-            return False
-        if shared.id in (self.in_use() if in_use is None else in_use):
-            shared.touch()  # a voice session is on it: idle from when it leaves
-            return False
-        return True
-
-    def sweep(self) -> int:
-        """Forget every expired conversation now; returns how many."""
-        now = time.monotonic()
-        in_use = set(self.in_use())
-        expired = [c for c in self._conversations.values() if self._expired(c, now, in_use)]
-        for shared in expired:
-            self._forget(shared)
-        if expired:
-            log.info("forgot %d idle conversation(s); %d left", len(expired), len(self._conversations))
-        return len(expired)
-
-    def _forget(self, shared: SharedConversation) -> None:
-        self._conversations.pop(shared.id, None)
-        task = asyncio.get_running_loop().create_task(shared.close(), name=f"{shared.id}:close")
-        self._closing.add(task)  # owned here until done; close() awaits the rest
-        task.add_done_callback(self._closed)
-
-    def _closed(self, task: asyncio.Task[None]) -> None:
-        self._closing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("closing an expired conversation failed", exc_info=task.exception())
-
-    def _start_sweeper(self) -> None:
-        if self.settings.conversation_idle_ttl_s > 0 and (self._sweeper is None or self._sweeper.done()):
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="conversations:sweep")
-
-    async def _sweep_loop(self) -> None:
-        interval = min(60.0, max(0.05, self.settings.conversation_idle_ttl_s / 4))
-        while self._conversations:  # nothing to watch: the next create starts it again
-            await asyncio.sleep(interval)
-            try:
-                self.sweep()
-            except Exception:  # a bug here must not end expiry for the life of the process
-                log.exception("conversation sweep failed")
-
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        for shared in list(self._conversations.values()):
-            await shared.close()
-        self._conversations.clear()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)

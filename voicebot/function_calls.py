@@ -38,6 +38,7 @@ class FunctionCalls:
     #: item's ``output_index`` is its place in this list.
     outputs: list[Item]
     after: Callable[[], str | None]  # the conversation item a new call goes after
+    by: str | None = None  # the session whose response makes the calls (Conversation.add's ``by``)
     by_index: dict[int, Item] = field(default_factory=dict)
 
     @property
@@ -63,7 +64,7 @@ class FunctionCalls:
                                   status="in_progress")
         self.by_index[delta.index] = item
         if self.conversation is not None:
-            previous = self.conversation.add(item, self.after())
+            previous = self.conversation.add(item, self.after(), by=self.by)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
         self.outputs.append(item)
         self.emit(ev.server_event("response.output_item.added", response_id=self.response_id,

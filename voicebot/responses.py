@@ -161,7 +161,7 @@ class Responses:
         if reply.params.conversation != "none":
             # Its place in the history is fixed now, after everything said before the response,
             # whatever arrives while it still waits for a transcription or its first step.
-            self.ctx.conversation.add(reply.item)
+            self.ctx.conversation.add(reply.item, by=self.ctx.session_id)
         reply.promoted.set()
 
     def _new_reply(self, p: ev.ResponseParams) -> Reply:
@@ -199,7 +199,7 @@ class Responses:
             reply.lazy_item = True
             reply.calls = FunctionCalls(
                 reply.id, tools, ctx.conversation if p.conversation != "none" else None, ctx.emit, reply.outputs,
-                after=lambda: reply.outputs[-1].id if reply.outputs else reply.item.id)
+                by=ctx.session_id, after=lambda: reply.outputs[-1].id if reply.outputs else reply.item.id)
             pipeline.on_tool_delta = reply.calls.on_delta
             pipeline.on_text = lambda: self._announce_item(reply)
         return reply

@@ -22,11 +22,13 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from voicebot.config import Settings
+from voicebot.core.events import new_id
 from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import CONTENT_TYPE
+from voicebot.redis_store import RedisStore, redact
 from voicebot.state import AppState
-from voicebot.transports import chat_completions, client_secrets, openapi, sse, telephony, webrtc
+from voicebot.transports import audio_api, chat_completions, client_secrets, openapi, sse, telephony, webrtc
 from voicebot.transports.access import authorize, error_response
 from voicebot.transports.rate_limit import RateLimitMiddleware
 from voicebot.transports.realtime_ws import realtime_endpoint
@@ -73,7 +75,7 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format; behind the API key when keys are set (scrapers send a bearer token).
     Still answered while shutting down: the last scrape sees the drain."""
     try:
-        state = authorize(request, new_work=False)
+        state = await authorize(request, new_work=False)
     except HttpError as err:
         return error_response(err)
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
@@ -90,7 +92,13 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
             started = time.monotonic()
             loaded = await anyio.to_thread.run_sync(loader, settings)
             log.info("engines ready in %.1f s", time.monotonic() - started)
-        state = app.state.voicebot = AppState.create(settings, loaded)
+        store = None
+        if settings.store != "memory":
+            store = await RedisStore.connect(
+                settings.store, instance_id=new_id("inst"), ttl_s=settings.conversation_idle_ttl_s,
+                log_events=settings.sse_log_events, max_items=settings.max_conversation_items)
+            log.info("shared state in Redis at %s", redact(settings.store))
+        state = app.state.voicebot = AppState.create(settings, loaded, store)
         scheme = "https" if settings.ssl_certfile else "http"
         log.info("voicebot ready on %s://%s:%d (voice WebSocket at /v1/realtime)", scheme, settings.host, settings.port)
         try:
@@ -108,6 +116,7 @@ def create_app(settings: Settings, *, engines: Engines | None = None,
         Route("/metrics", metrics),
         WebSocketRoute("/v1/realtime", realtime_endpoint),
         *chat_completions.routes,
+        *audio_api.routes,
         *sse.routes,
         *client_secrets.routes,
         *telephony.routes,

@@ -201,6 +201,13 @@ class Session:
     def _conversation_changed(self, kind: str, item: Item) -> None:
         if kind == "evicted":
             self.emit(ev.server_event("conversation.item.deleted", item_id=item.id))
+        elif kind == "added" and self.conversation.changed_by != self.id and not self._closed:
+            # Someone else's item (a text message posted over HTTP, another session's reply, one
+            # from another instance): this client sees the history grow. To its sink only — the
+            # conversation's other listeners already heard of it from whoever added it.
+            self.sink.send_event(ev.server_event("conversation.item.added",
+                                                 previous_item_id=self.conversation.previous_id(item.id),
+                                                 item=item.to_wire()))
 
     async def close(self) -> None:
         """End the reply (cut to what was heard), cancel and await every task; idempotent."""
@@ -430,7 +437,7 @@ class Session:
         item = Item(self._speech_item_id, "user", "input_audio", text=None,
                     audio_ms=audio.size * 1000 / ENGINE_RATE)
         self._speech_item_id = ev.new_id("item")
-        previous = self.conversation.add(item)
+        previous = self.conversation.add(item, by=self.id)
         self.emit(ev.server_event("input_audio_buffer.committed", previous_item_id=previous, item_id=item.id))
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
         self.transcripts.file(item, transcript or self.transcripts.start(audio))
@@ -456,7 +463,7 @@ class Session:
                 raise ProtocolError(str(exc), param="item.content[0].audio", event_id=event_id) from None
             item = Item(item_id, param.role, "input_audio", text=part.transcript,
                         audio_ms=samples.size * 1000 / ENGINE_RATE)
-            previous = self.conversation.add(item, previous_item_id, event_id=event_id)
+            previous = self.conversation.add(item, previous_item_id, event_id=event_id, by=self.id)
             self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
             self.transcripts.file(item, self.transcripts.start(samples))
             return item
@@ -468,7 +475,7 @@ class Session:
         return self._add_done(Item(item_id, param.role, content_type, text=text), previous_item_id, event_id)
 
     def _add_done(self, item: Item, previous_item_id: str | None, event_id: str | None) -> Item:
-        previous = self.conversation.add(item, previous_item_id, event_id=event_id)
+        previous = self.conversation.add(item, previous_item_id, event_id=event_id, by=self.id)
         self.emit(ev.server_event("conversation.item.added", previous_item_id=previous, item=item.to_wire()))
         self.emit(ev.server_event("conversation.item.done", previous_item_id=previous, item=item.to_wire()))
         return item

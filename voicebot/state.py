@@ -19,12 +19,13 @@ from typing import Protocol
 from voicebot.auth import Authenticator
 from voicebot.calls import CallRegistry
 from voicebot.config import Settings
-from voicebot.conversations import ConversationHub
+from voicebot.conversation_hub import ConversationHub
 from voicebot.core.conversation import Conversation
 from voicebot.core.ratelimit import RateLimiter
 from voicebot.engines.base import Engines
 from voicebot.errors import HttpError
 from voicebot.metrics import Metrics
+from voicebot.redis_store import RedisStore
 from voicebot.session import Session
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,13 @@ class AppState:
     sockets: set[Departing] = field(default_factory=set)
     completions: int = 0  # chat completions being generated (a shutdown lets them finish too)
     limiter: RateLimiter | None = None  # --rate-limit-per-minute (None = no limit)
+    #: --store redis://…: conversations and tokens shared with the other instances (None: memory).
+    store: RedisStore | None = None
 
     @classmethod
-    def create(cls, settings: Settings, engines: Engines) -> AppState:
-        state = cls(settings, engines, Authenticator(settings.api_keys), ConversationHub(settings, engines))
+    def create(cls, settings: Settings, engines: Engines, store: RedisStore | None = None) -> AppState:
+        state = cls(settings, engines, Authenticator(settings.api_keys, store=store),
+                    ConversationHub(settings, engines, store=store), store=store)
         state.hub.in_use = state.conversations_in_use
         if settings.rate_limit_per_minute > 0:
             state.limiter = RateLimiter(settings.rate_limit_per_minute)
@@ -114,14 +118,14 @@ class AppState:
         self.seats.add(seat)
         return seat
 
-    def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
+    async def resolve_conversation(self, conversation_id: str | None) -> Conversation | None:
         """The conversation a voice session asks to join (``?conversation=ID``), None for a new one.
 
         The same answer on every transport: an unknown id is refused with 404 ``conversation_not_found``.
         """
         if not conversation_id:
             return None
-        return self.hub.get(conversation_id).conversation
+        return (await self.hub.open(conversation_id)).conversation
 
     # --- shutdown ------------------------------------------------------------------------------
 
@@ -178,4 +182,6 @@ class AppState:
         for session in list(self.sessions):
             await session.close()
         await self.hub.close()
+        if self.store is not None:
+            await self.store.aclose()
 

@@ -10,7 +10,8 @@ import pytest
 from tests.session.fakes import fake_engines
 from voicebot.auth import Authenticator, ClientTokens
 from voicebot.config import from_env
-from voicebot.conversations import ConversationHub, Listener
+from voicebot.conversation_hub import ConversationHub
+from voicebot.conversations import Listener
 from voicebot.core.conversation import Item
 from voicebot.core.sse import EventLog, parse_last_event_id, retry_frame, sse_frame
 from voicebot.errors import HttpError

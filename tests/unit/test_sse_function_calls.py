@@ -14,7 +14,8 @@ import pytest
 
 from tests.session.fakes import SlowLlm, fake_engines
 from voicebot.config import from_env
-from voicebot.conversations import ConversationHub, SharedConversation
+from voicebot.conversation_hub import ConversationHub
+from voicebot.conversations import SharedConversation
 from voicebot.core.conversation import Item
 from voicebot.core.types import ChatMessage, LlmPiece, Tool, ToolCallDelta
 from voicebot.errors import ProtocolError

@@ -163,6 +163,9 @@ class Conversation:
         self._listeners: list[Listener] = []
         self._event_listeners: list[EventListener] = []
         self._llm_dropped = 0  # history messages cut from the LLM's view (truncation "auto")
+        #: Who made the change listeners are being told about (``add(by=…)``: a session's id, or
+        #: None): a session tells its client about items others added, not about its own.
+        self.changed_by: str | None = None
 
     # --- observation ---------------------------------------------------------------------------
 
@@ -227,8 +230,11 @@ class Conversation:
 
     # --- changes -------------------------------------------------------------------------------
 
-    def add(self, item: Item, previous_item_id: str | None = None, *, event_id: str | None = None) -> str | None:
-        """Insert after ``previous_item_id`` (``"root"`` = first; None = last). Returns the id before it."""
+    def add(self, item: Item, previous_item_id: str | None = None, *, event_id: str | None = None,
+            by: str | None = None) -> str | None:
+        """Insert after ``previous_item_id`` (``"root"`` = first; None = last). Returns the id before it.
+
+        ``by``: who adds it (a session's id), as :attr:`changed_by` while listeners are told."""
         if item.id in self._by_id:
             raise ProtocolError(f"An item with id '{item.id}' already exists.", code="item_id_conflict",
                                 param="item.id", event_id=event_id)
@@ -247,7 +253,11 @@ class Conversation:
         self._bytes[item.id] = size
         self.total_bytes += size
         previous = self._items[position - 1].id if position > 0 else None
-        self.notify("added", item)
+        self.changed_by = by
+        try:
+            self.notify("added", item)
+        finally:
+            self.changed_by = None
         self._evict(keep=item)
         return previous
 

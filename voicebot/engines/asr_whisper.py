@@ -12,6 +12,12 @@ scripts/bench_asr.py) and decoded directly with ``WhisperModel.model.generate``.
 still repeats itself (:func:`looped`) is redone with the full window. ``min_window_s=0`` always
 uses faster-whisper's 30 s path.
 
+**Timestamps for the model-server endpoint.** :meth:`WhisperRecognizer.transcribe_detailed` (used
+by ``POST /v1/audio/transcriptions``) always takes faster-whisper's own path: it needs segment
+timestamps, an initial prompt and temperature fallback, none of which the short window has. It
+returns the segments lazily, so the caller can decode one window at a time through the CPU queue
+instead of holding an ASR slot for the whole of a long file.
+
 Beam size per model, measured on the pocketsphinx utterances (docs/engines.md): tiny.en beam 5
 has a lower WER than greedy at little extra time; base gains nothing from beam 5 and gets 1.6x
 slower, so it stays greedy.
@@ -22,7 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -54,6 +62,9 @@ MAX_COMPRESSION_RATIO = 2.4
 _TOKENS_PER_S = 8
 _MIN_TOKENS = 10
 
+
+#: Whisper's temperatures, tried in turn while a window's transcript looks wrong (loops, low logprob).
+TEMPERATURE_LADDER = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 #: Faster than anyone speaks (words per second of audio): the decoder repeated itself.
 MAX_WORDS_PER_S = 5.0
@@ -106,6 +117,30 @@ class WhisperRecognizer:
             self.fallbacks += 1
         return self._full_window(audio, language)
 
+    def transcribe_detailed(
+        self, audio: Float32Array, language: str | None = None, prompt: str | None = None, *,
+        temperature: float | None = None, words: bool = False,
+    ) -> tuple[Iterator[dict[str, Any]], str]:
+        """Segments with timestamps of a whole recording (16 kHz float32 mono), and its language.
+
+        Blocking: runs the feature extraction (and language detection, without ``language``).
+        The segments are an iterator whose every ``next`` decodes (blocking) up to one 30 s window;
+        each is Whisper's own segment dict (``id seek start end text tokens temperature avg_logprob
+        compression_ratio no_speech_prob``, plus ``words`` when asked), likely hallucinations
+        dropped. ``temperature`` None or 0: Whisper's fallback ladder 0.0 .. 1.0."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if self.english_only:
+            language = "en"
+        if audio.shape[0] < MIN_SECONDS * ENGINE_RATE or _rms(audio) < SILENCE_RMS:
+            return iter(()), language or "en"
+        ladder: float | tuple[float, ...] = temperature or TEMPERATURE_LADDER
+        segments, info = self._model.transcribe(
+            audio, language=language or None, beam_size=self.beam_size, temperature=ladder,
+            initial_prompt=prompt or None, condition_on_previous_text=False, vad_filter=False,
+            word_timestamps=words,
+        )
+        return _kept_segments(segments, words), str(info.language)
+
     def _full_window(self, audio: Float32Array, language: str | None) -> str:
         segments, _info = self._model.transcribe(
             audio,
@@ -157,6 +192,27 @@ class WhisperRecognizer:
             log.debug("short window looped (%r); using the full window", text)
             return None
         return text
+
+
+def _kept_segments(segments: Any, words: bool) -> Iterator[dict[str, Any]]:
+    """faster-whisper's segments as Whisper's dicts, numbered anew after the dropped ones."""
+    number = 0
+    for seg in segments:
+        text = seg.text.strip()
+        if not text or (seg.no_speech_prob > NO_SPEECH_PROB and seg.avg_logprob < LOW_AVG_LOGPROB):
+            log.debug("dropped likely hallucination %r (no_speech=%.2f)", seg.text, seg.no_speech_prob)
+            continue
+        out: dict[str, Any] = {
+            "id": number, "seek": seg.seek, "start": round(seg.start, 3), "end": round(seg.end, 3),
+            "text": seg.text, "tokens": list(seg.tokens), "temperature": seg.temperature or 0.0,
+            "avg_logprob": seg.avg_logprob, "compression_ratio": seg.compression_ratio,
+            "no_speech_prob": seg.no_speech_prob,
+        }
+        if words:
+            out["words"] = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                             "probability": w.probability} for w in seg.words or ()]
+        number += 1
+        yield out
 
 
 def _rms(audio: Float32Array) -> float:

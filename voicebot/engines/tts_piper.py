@@ -1,7 +1,8 @@
 """Embedded text-to-speech with piper (VITS on onnxruntime, espeak-ng phonemes).
 
 piper normalises every sentence to peak 1.0, so we scale to 0.9 to leave headroom for the
-resampler's overshoot, then clip before int16. ``length_scale`` = 1 / speed.
+resampler's overshoot, then clip before int16. ``length_scale`` = 1 / speed: the server's
+``--tts-speed``, times a call's own ``speed`` (``POST /v1/audio/speech``) when it gives one.
 
 Thread safety: onnxruntime's ``run`` is thread-safe, but piper's espeak-ng phonemizer is a
 process-global C library, so phonemization is serialised under a lock (it takes well under
@@ -41,24 +42,30 @@ class PiperSynthesizer:
         self._voice.session = onnxruntime.InferenceSession(str(model_path), sess_options=opts,
                                                            providers=["CPUExecutionProvider"])
         self.sample_rate: int = int(self._voice.config.sample_rate)
-        length_scale = self._voice.config.length_scale / speed
-        self._config = SynthesisConfig(length_scale=length_scale, normalize_audio=False)
+        self._length_scale = self._voice.config.length_scale / speed
+        self._config = SynthesisConfig(length_scale=self._length_scale, normalize_audio=False)
 
-    def synthesize(self, text: str) -> Int16Array:
-        """All sentences of ``text`` as one mono int16 array (empty for text with no speech)."""
+    def synthesize(self, text: str, speed: float | None = None) -> Int16Array:
+        """All sentences of ``text`` as one mono int16 array (empty for text with no speech).
+
+        ``speed``: this call's rate relative to the server's (2.0 = twice as fast); None = as set."""
         text = text.strip()
         if not text:
             return np.zeros(0, dtype=np.int16)
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        config = self._config if speed is None or speed == 1.0 else SynthesisConfig(
+            length_scale=self._length_scale / speed, normalize_audio=False)
         with _phonemize_lock:
             sentences = self._voice.phonemize(text)
-        pieces = [self._sentence(phonemes) for phonemes in sentences if phonemes]
+        pieces = [self._sentence(phonemes, config) for phonemes in sentences if phonemes]
         if not pieces:
             return np.zeros(0, dtype=np.int16)
         return np.concatenate(pieces)
 
-    def _sentence(self, phonemes: list[str]) -> Int16Array:
+    def _sentence(self, phonemes: list[str], config: SynthesisConfig) -> Int16Array:
         ids = self._voice.phonemes_to_ids(phonemes)
-        audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, self._config), dtype=np.float32).reshape(-1)
+        audio = np.asarray(self._voice.phoneme_ids_to_audio(ids, config), dtype=np.float32).reshape(-1)
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         if peak < 1e-8:
             return np.zeros(audio.shape[0], dtype=np.int16)

@@ -21,7 +21,9 @@ from starlette.websockets import WebSocket
 
 from voicebot import logs
 from voicebot.auth import bearer, origin_allowed, subprotocol_key
+from voicebot.conversations import store_unavailable
 from voicebot.errors import HttpError
+from voicebot.redis_store import StoreUnavailable
 from voicebot.state import AppState
 
 
@@ -63,10 +65,11 @@ def check_origin(conn: HTTPConnection, state: AppState) -> None:
         raise HttpError(403, "This Origin is not allowed to connect.", "origin_not_allowed")
 
 
-def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | None = None,
-              new_work: bool = True) -> AppState:
+async def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | None = None,
+                    new_work: bool = True) -> AppState:
     """The app state if ``conn`` may use this endpoint; raises HttpError 401/403 otherwise (503 while
-    loading, or shutting down unless ``new_work`` is False)."""
+    loading, or shutting down unless ``new_work`` is False). A client token minted on another
+    instance is fetched from the shared store first (503 ``store_unavailable`` if it cannot be)."""
     state = app_state(conn, new_work=new_work)
     if access.check_origin:
         check_origin(conn, state)
@@ -74,6 +77,7 @@ def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | 
     if not auth.required:
         return state
     key = presented_credential(conn)
+    await recall(state, key if key is not None else conn.query_params.get("token") if access.query_token else None)
     if key is not None:
         if auth.accepts(key) if access.client_tokens else auth.is_api_key(key):
             return state
@@ -85,6 +89,22 @@ def authorize(conn: HTTPConnection, access: Access = API, *, token_scope: str | 
         raise HttpError(401, "The token is invalid or expired; mint a new one.", "invalid_token")
     hint = " Send Authorization: Bearer, or ?token=." if access.query_token else ""
     raise HttpError(401, f"Missing API key.{hint}", "invalid_api_key")
+
+
+async def mint(state: AppState, ttl_s: float | None = None, *, scope: str | None = None,
+               owner: str | None = None) -> tuple[str, float]:
+    """A client token valid on every instance (503 ``store_unavailable`` if the store cannot take it)."""
+    try:
+        return await state.auth.mint(ttl_s, scope=scope, owner=owner)
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from None
+
+
+async def recall(state: AppState, credential: str | None) -> None:
+    try:
+        await state.auth.recall(credential)
+    except StoreUnavailable as exc:
+        raise store_unavailable(exc) from None
 
 
 def presented_credential(conn: HTTPConnection) -> str | None:

@@ -281,7 +281,7 @@ async def _complete(request: Request, llm: LanguageModel, gen: Generation) -> li
 
 @json_errors
 async def chat_completions(request: Request) -> Response:
-    state = authorize(request, API)
+    state = await authorize(request, API)
     body = await read_model(request, ChatRequest, state.settings.max_text_bytes)
     max_tokens, temperature = _limits(state.settings, body)
     tools, tool_choice = body.offered()
@@ -318,7 +318,7 @@ async def chat_completions(request: Request) -> Response:
 
 @json_errors
 async def list_models(request: Request) -> Response:
-    state = authorize(request, API)
+    state = await authorize(request, API)
     model: dict[str, Any] = {"id": state.engines.llm.name, "object": "model", "created": int(state.started_at),
                              "owned_by": "voicebot"}
     return JSONResponse({"object": "list", "data": [model]})

@@ -26,7 +26,7 @@ from voicebot.core import events as ev
 from voicebot.errors import HttpError
 from voicebot.session_config import SessionConfig
 from voicebot.state import AppState
-from voicebot.transports.access import API_KEY_ONLY, app_state, authorize, check_origin, session_owner
+from voicebot.transports.access import API_KEY_ONLY, app_state, authorize, check_origin, mint, session_owner
 from voicebot.transports.http_common import json_errors, read_model
 
 #: The demo page mints a token right before it connects, so it needs only a short one; an open
@@ -66,19 +66,19 @@ def default_session(state: AppState) -> dict[str, Any]:
     }
 
 
-def _secret(state: AppState, ttl_s: float, owner: str | None) -> dict[str, Any]:
-    value, expires_at = state.auth.tokens.mint(ttl_s, owner=owner)
+async def _secret(state: AppState, ttl_s: float, owner: str | None) -> dict[str, Any]:
+    value, expires_at = await mint(state, ttl_s, owner=owner)
     return {"value": value, "expires_at": int(expires_at), "session": default_session(state)}
 
 
 @json_errors
 async def create_client_secret(request: Request) -> Response:
     # Only a real API key may mint: a leaked page token must not be able to renew itself forever.
-    state = authorize(request, API_KEY_ONLY)
+    state = await authorize(request, API_KEY_ONLY)
     parsed = await read_model(request, ClientSecretRequest, MAX_REQUEST_BYTES, empty_ok=True)
     ttl = (parsed.expires_after or ExpiresAfter()).seconds
     # The token's sessions count against the key that minted it (--max-sessions-per-key).
-    return JSONResponse(_secret(state, ttl, session_owner(request, state)))
+    return JSONResponse(await _secret(state, ttl, session_owner(request, state)))
 
 
 @json_errors
@@ -91,7 +91,7 @@ async def create_demo_secret(request: Request) -> Response:
                         "--demo-page-tokens.", "demo_tokens_disabled", auth_required=True)
     # Demo tokens have no key behind them: each browser address is its own owner.
     owner = f"demo:{request.client.host if request.client else '?'}"
-    return JSONResponse({**_secret(state, DEMO_TOKEN_TTL_S, owner), "auth_required": state.auth.required})
+    return JSONResponse({**await _secret(state, DEMO_TOKEN_TTL_S, owner), "auth_required": state.auth.required})
 
 
 routes = [

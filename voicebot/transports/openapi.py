@@ -19,13 +19,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from voicebot import __version__
+from voicebot.transports.audio_api import TRANSCRIPTION_FORMATS, SpeechRequest
+from voicebot.transports.audio_files import MEDIA_TYPES
 from voicebot.transports.chat_completions import ChatRequest
 from voicebot.transports.client_secrets import ClientSecretRequest
 from voicebot.transports.sse import CreateConversation, PostMessage, StreamRequest
 
 REF = "#/components/schemas/{model}"
 BODIES: tuple[type[BaseModel], ...] = (ChatRequest, CreateConversation, PostMessage, StreamRequest,
-                                       ClientSecretRequest)
+                                       ClientSecretRequest, SpeechRequest)
 
 ERROR = {
     "type": "object",
@@ -55,6 +57,15 @@ ITEM = {
 CONVERSATION_ID = {"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}
 CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
 EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+TRANSCRIPTION_FORM = {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": "A WAV file: integer PCM, any rate and channel count"},
+                   "model": {"type": "string"}, "language": {"type": "string"}, "prompt": {"type": "string"},
+                   "response_format": {"enum": list(TRANSCRIPTION_FORMATS)},
+                   "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                   "timestamp_granularities[]": {"type": "array", "items": {"enum": ["word", "segment"]}}},
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -64,7 +75,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     what = {400: "Invalid request", 401: "Missing or wrong API key / token", 403: "Origin not allowed",
             404: "Not found", 413: "Body or text too large", 429: "Over a limit (rate, sessions, conversations)",
-            503: "Still loading, or at a capacity limit"}
+            502: "An engine (ASR, TTS) failed", 503: "Still loading, or at a capacity limit"}
     out = {str(s): _json({"$ref": "#/components/schemas/Error"}, what[s]) for s in statuses}
     if 429 in statuses:
         out["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"},
@@ -89,6 +100,21 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": {"description": "A chat.completion, or chat.completion.chunk events when stream",
                                   "content": {"application/json": {"schema": obj}, **EVENT_STREAM}},
                           **_errors(*API_ERRORS, 413)}}},
+        "/v1/audio/transcriptions": {"post": {
+            "operationId": "createTranscription", "summary": "OpenAI-compatible speech to text (a WAV upload)",
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": TRANSCRIPTION_FORM}}},
+            "responses": {"200": {"description": "The transcript: JSON (json, verbose_json) or text (text, srt, vtt)",
+                                  "content": {"application/json": {"schema": obj},
+                                              "text/plain": {"schema": {"type": "string"}},
+                                              "text/vtt": {"schema": {"type": "string"}}}},
+                          **_errors(*API_ERRORS, 413, 502)}}},
+        "/v1/audio/speech": {"post": {
+            "operationId": "createSpeech", "summary": "OpenAI-compatible text to speech, streamed as it is made",
+            "requestBody": _body(SpeechRequest),
+            "responses": {"200": {"description": "The audio in response_format, streamed",
+                                  "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                                              for media in dict.fromkeys(MEDIA_TYPES.values())}},
+                          **_errors(*API_ERRORS, 413, 502)}}},
         "/v1/models": {"get": {
             "operationId": "listModels", "summary": "The one model served",
             "responses": {"200": _json(obj, "A list of models"), **_errors(401, 429, 503)}}},

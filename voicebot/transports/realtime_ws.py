@@ -132,9 +132,9 @@ class WebSocketSink:
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
     try:
-        state = authorize(websocket, BROWSER)
+        state = await authorize(websocket, BROWSER)
         owner = session_owner(websocket, state)
-        conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+        conversation = await state.resolve_conversation(websocket.query_params.get("conversation"))
         seat = state.admit_session(owner)  # last: nothing after it can refuse
     except HttpError as err:
         await refuse(websocket, err)

@@ -29,7 +29,7 @@ from voicebot.auth import bearer
 from voicebot.conversations import SharedConversation
 from voicebot.core.sse import HEARTBEAT, parse_last_event_id, retry_frame
 from voicebot.errors import HttpError, ProtocolError
-from voicebot.transports.access import API, API_KEY_ONLY, EVENT_STREAM, authorize
+from voicebot.transports.access import API, API_KEY_ONLY, EVENT_STREAM, authorize, mint
 from voicebot.transports.event_stream import EventStreamResponse
 from voicebot.transports.http_common import json_errors, read_model
 
@@ -70,22 +70,22 @@ class StreamRequest(BaseModel):
 
 @json_errors
 async def create_conversation(request: Request) -> Response:
-    state = authorize(request, API)
+    state = await authorize(request, API)
     body = await read_model(request, CreateConversation, state.settings.max_text_bytes, empty_ok=True)
-    shared = state.hub.create(body.instructions)
+    shared = await state.hub.new(body.instructions)
     return JSONResponse(shared.to_wire(), status_code=201)
 
 
 @json_errors
 async def get_conversation(request: Request) -> Response:
-    state = authorize(request, API)
-    return JSONResponse(state.hub.get(_conversation_id(request)).to_wire(with_items=True))
+    state = await authorize(request, API)
+    return JSONResponse((await state.hub.open(_conversation_id(request))).to_wire(with_items=True))
 
 
 @json_errors
 async def post_message(request: Request) -> Response:
-    state = authorize(request, API)
-    shared = state.hub.get(_conversation_id(request))
+    state = await authorize(request, API)
+    shared = await state.hub.open(_conversation_id(request))
     body = await read_model(request, PostMessage, state.settings.max_text_bytes)
     call = body.type == "function_call_output"
     needed = ("call_id", "output") if call else ("text",)
@@ -112,18 +112,18 @@ async def post_message(request: Request) -> Response:
 @json_errors
 async def mint_token(request: Request) -> Response:
     """Only a real API key mints: a leaked URL token must not be able to renew itself."""
-    state = authorize(request, API_KEY_ONLY)
-    shared = state.hub.get(_conversation_id(request))
-    token, expires_at = state.auth.tokens.mint(state.settings.sse_token_ttl_s, scope=token_scope(shared.id),
-                                               owner=state.auth.owner(bearer(request.headers)))
+    state = await authorize(request, API_KEY_ONLY)
+    shared = await state.hub.open(_conversation_id(request))
+    token, expires_at = await mint(state, state.settings.sse_token_ttl_s, scope=token_scope(shared.id),
+                                   owner=state.auth.owner(bearer(request.headers)))
     return JSONResponse({"token": token, "expires_at": int(expires_at), "conversation_id": shared.id})
 
 
 @json_errors
 async def stream_events(request: Request) -> Response:
     conversation_id = _conversation_id(request)
-    state = authorize(request, EVENT_STREAM, token_scope=token_scope(conversation_id))
-    shared = state.hub.get(conversation_id)
+    state = await authorize(request, EVENT_STREAM, token_scope=token_scope(conversation_id))
+    shared = await state.hub.open(conversation_id)
     raw = request.headers.get("last-event-id")  # a reconnecting browser sends the newest id here
     if raw is None:
         raw = request.query_params.get("last_event_id")
@@ -138,7 +138,7 @@ async def stream_events(request: Request) -> Response:
 async def _event_stream(shared: SharedConversation, last_event_id: int | None, retry_ms: int,
                         heartbeat_s: float) -> AsyncGenerator[bytes, None]:
     # Subscribing inside the generator: a response that never starts never leaves a listener behind.
-    sub = shared.subscribe(last_event_id)
+    sub = await shared.listen(last_event_id)
     listener = sub.listener
     try:
         first = retry_frame(retry_ms)

@@ -186,7 +186,7 @@ class CallBridge:
             for event in events:
                 if isinstance(event, Stop):
                     return event.reason
-                if (ended := self._on_carrier(event)) is not None:
+                if (ended := await self._on_carrier(event)) is not None:
                     return ended
 
     def _bad_frame(self, why: str) -> None:
@@ -196,14 +196,14 @@ class CallBridge:
 
     # --- carrier -> session --------------------------------------------------------------------
 
-    def _on_carrier(self, event: CarrierEvent) -> str | None:
+    async def _on_carrier(self, event: CarrierEvent) -> str | None:
         """Handle one carrier event; a reason string ends the call."""
         match event:
             case Start():
                 if self.session is not None:
                     self._bad_frame("a second 'start' on the same stream")
                     return None
-                return self._start(event)
+                return await self._start(event)
             case Media(audio=audio):
                 if self.session is None or self.playout is None:
                     self.state.metrics.dropped_audio_frames.inc()
@@ -221,11 +221,11 @@ class CallBridge:
                     self.stats.marks_acked += 1
         return None
 
-    def _start(self, start: Start) -> str | None:
+    async def _start(self, start: Start) -> str | None:
         conversation = self.conversation
         if conversation is None and start.params.get("conversation"):
             try:  # the same answer as on every transport: an unknown conversation is refused
-                conversation = self.state.resolve_conversation(start.params["conversation"])
+                conversation = await self.state.resolve_conversation(start.params["conversation"])
             except HttpError as err:
                 log.warning("%s call %s refused: %s", self.stats.carrier, start.call_id, err.message)
                 self.end_reason = err.message
@@ -358,7 +358,7 @@ class CallBridge:
 # --- the endpoint ----------------------------------------------------------------------------------
 
 
-def _authorize_carrier(websocket: WebSocket, carrier: str) -> AppState:
+async def _authorize_carrier(websocket: WebSocket, carrier: str) -> AppState:
     """Twilio signs the handshake (checked when its auth token is set); others present an API key."""
     state = app_state(websocket)
     settings = state.settings
@@ -368,7 +368,7 @@ def _authorize_carrier(websocket: WebSocket, carrier: str) -> AppState:
             return state
         log.warning("refused a Twilio media stream with a bad X-Twilio-Signature (url %s)", url)
         raise HttpError(403, "Invalid X-Twilio-Signature.", "invalid_signature")
-    return authorize(websocket, CARRIER)
+    return await authorize(websocket, CARRIER)
 
 
 async def media_endpoint(websocket: WebSocket) -> None:
@@ -377,9 +377,9 @@ async def media_endpoint(websocket: WebSocket) -> None:
     try:
         if make is None:
             raise HttpError(404, f"Unknown carrier {carrier!r}; use one of {sorted(CARRIERS)}.", "unknown_carrier")
-        state = _authorize_carrier(websocket, carrier)
+        state = await _authorize_carrier(websocket, carrier)
         owner = session_owner(websocket, state, CARRIER)
-        conversation = state.resolve_conversation(websocket.query_params.get("conversation"))
+        conversation = await state.resolve_conversation(websocket.query_params.get("conversation"))
         seat = state.admit_session(owner)  # last: nothing after it can refuse
     except HttpError as err:
         await refuse(websocket, err)

@@ -322,7 +322,7 @@ def _check_new_offer(state: AppState, offer: Offer) -> None:
 
 @json_errors
 async def create_call(request: Request) -> Response:
-    state = authorize(request, BROWSER)
+    state = await authorize(request, BROWSER)
     owner = session_owner(request, state)
     seat = state.admit_session(owner)
     try:
@@ -363,7 +363,7 @@ async def _new_call(request: Request, state: AppState, owner: str | None, seat: 
     if state.calls.count(KIND) >= state.settings.webrtc_max_calls:
         raise HttpError(503, f"The server is at its limit of {state.settings.webrtc_max_calls} calls; "
                         "try again later.", "too_many_calls")
-    conversation = state.resolve_conversation(request.query_params.get("conversation"))
+    conversation = await state.resolve_conversation(request.query_params.get("conversation"))
     try:
         return RtcCall(state, offer, model=request.query_params.get("model") or "voicebot", conversation=conversation,
                        owner=owner, seat=seat)
@@ -387,7 +387,7 @@ def _call_or_error(state: AppState, call_id: str) -> RtcCall:
 @json_errors
 async def hangup(request: Request) -> Response:
     """``POST /v1/realtime/calls/{call_id}/hangup``, as in the hosted API (also while shutting down)."""
-    state = authorize(request, BROWSER, new_work=False)
+    state = await authorize(request, BROWSER, new_work=False)
     call = _call_or_error(state, request.path_params["call_id"])
     await state.calls.end(call, "hung up")
     return Response(status_code=200)
@@ -396,7 +396,7 @@ async def hangup(request: Request) -> Response:
 @json_errors
 async def offer_on_call(request: Request) -> Response:
     """A new offer on an existing call: renegotiation is not supported; a closed call says so."""
-    state = authorize(request, BROWSER)
+    state = await authorize(request, BROWSER)
     call = _call_or_error(state, request.path_params["call_id"])
     raise HttpError(400, f"Call {call.id} is active and renegotiation is not supported; hang up and "
                     "start a new call.", "renegotiation_not_supported")
