@@ -70,13 +70,12 @@ async def events(base: str, conversation_id: str, last_event_id: int | None = No
     headers = dict(HEADERS)
     if last_event_id is not None:
         headers["Last-Event-ID"] = str(last_event_id)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(scaled(10), read=scaled(60))) as http:
-        async with http.stream("GET", f"{base}/v1/conversations/{conversation_id}/events",
-                               headers=headers) as response:
-            assert response.status_code == 200, await response.aread()
-            async for event in sse_events(response):
-                if event.event is not None:
-                    yield event
+    async with (httpx.AsyncClient(timeout=httpx.Timeout(scaled(10), read=scaled(60))) as http,
+                http.stream("GET", f"{base}/v1/conversations/{conversation_id}/events", headers=headers) as response):
+        assert response.status_code == 200, await response.aread()
+        async for event in sse_events(response):
+            if event.event is not None:
+                yield event
 
 
 async def test_text_posted_on_a_reaches_a_voice_session_on_b(instances: tuple[ServerProcess, ServerProcess]) -> None:
