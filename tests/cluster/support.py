@@ -43,9 +43,10 @@ class Redis:
         self.process.wait(timeout=10)
 
 
-def start_redis() -> Redis:
+def start_redis(port: int | None = None) -> Redis:
+    """A fresh, empty Redis (nothing on disk), on ``port`` or a free one."""
     require(REDIS)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     import redis
