@@ -16,6 +16,7 @@ Over the limit: HTTP 429 ``rate_limit_exceeded`` (type ``requests``, as the host
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from starlette.requests import HTTPConnection
@@ -24,7 +25,7 @@ from starlette.websockets import WebSocket
 
 from voicebot.errors import HttpError
 from voicebot.state import AppState
-from voicebot.transports.access import error_response, presented_credential, refuse
+from voicebot.transports.access import error_response, presented_credential, recall, refuse
 
 #: The API's paths; everything else (probes, the OpenAPI document, static files) goes uncounted.
 LIMITED_PREFIXES = ("/v1/", "/telephony/")
@@ -36,11 +37,14 @@ def rate_limited(retry_after: int, per_minute: int) -> HttpError:
                      headers={"Retry-After": str(retry_after)})
 
 
-def client_of(conn: HTTPConnection, state: AppState) -> str:
-    """The rate-limit bucket of a request: its API key's id, else its client IP."""
+async def client_of(conn: HTTPConnection, state: AppState) -> str:
+    """The rate-limit bucket of a request: its API key's id (a token's minting key's, wherever it
+    was minted), else its client IP."""
     credential = presented_credential(conn)
     if credential is None:
         credential = conn.query_params.get("token")
+    with contextlib.suppress(HttpError):  # the store is away: the route itself answers that
+        await recall(state, credential)
     principal = state.auth.owner(credential)
     if principal is not None:
         return principal
@@ -61,7 +65,7 @@ class RateLimitMiddleware:
             return
         limiter = state.limiter
         conn = HTTPConnection(scope)
-        retry_after = limiter.retry_after(client_of(conn, state), time.monotonic())
+        retry_after = limiter.retry_after(await client_of(conn, state), time.monotonic())
         if not retry_after:
             await self.app(scope, receive, send)
             return
