@@ -22,7 +22,7 @@ from typing import Any
 
 from voicebot.core.conversation import ContentType, Item
 from voicebot.core.types import Role
-from voicebot.redis_store import RedisStore, StoredEvent, StoreUnavailable
+from voicebot.redis_store import BLOCK_MS, RedisStore, StoredEvent, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class StoreFeed:
         self.conversation_id = conversation_id
         self.last_id = last_id  # the newest event delivered here
         self._deliver = deliver
+        self._closed = False
         self._pending: asyncio.Queue[Pending] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write(), name=f"{conversation_id}:store-writer")
@@ -78,7 +79,7 @@ class StoreFeed:
 
     async def _follow(self) -> None:
         backoff = BACKOFF_START_S
-        while True:
+        while not self._closed:
             try:
                 events = await self.store.read_after(self.conversation_id, self.last_id)
                 backoff = BACKOFF_START_S
@@ -103,9 +104,15 @@ class StoreFeed:
             async with asyncio.timeout(FLUSH_TIMEOUT_S):
                 while not self._pending.empty() and not self._writer.done():  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
+        self._closed = True
         for task in (self._writer, self._follower):
             task.cancel()
-        await asyncio.gather(self._writer, self._follower, return_exceptions=True)
+        # A cancel that lands in redis-py's blocking read can be absorbed there (seen with two
+        # followers of one conversation on one client): the flag then ends the loop once the
+        # read returns, at most one BLOCK_MS later.
+        _done, pending = await asyncio.wait((self._writer, self._follower), timeout=BLOCK_MS / 1000 + 1)
+        if pending:
+            log.error("conversation %s: the store feed did not stop", self.conversation_id)
 
 
 _CONTENT: dict[tuple[str, str], ContentType] = {
