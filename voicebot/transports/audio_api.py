@@ -180,12 +180,23 @@ async def _asr_step(engines: Engines, timeout_s: float, fn: Any, *args: Any) -> 
         return await engines.cpu.asr.run(time.monotonic(), fn, *args)
 
 
+#: Recordings this short, asked for text only, take the turn path (a window of their own length:
+#: ~4x faster than Whisper's fixed 30 s one, which timestamps need) — what a voicebot using
+#: another as its --asr-base-url sends for every turn.
+PLAIN_MAX_S = 28.0
+
+
+def _plain(ask: TranscriptionAsk, duration: float) -> bool:
+    return (ask.response_format in ("json", "text") and not ask.prompt and not ask.words
+            and not ask.temperature and duration <= PLAIN_MAX_S)
+
+
 async def _segments(state: AppState, audio: Float32Array, duration: float,
                     ask: TranscriptionAsk) -> tuple[list[dict[str, Any]], str]:
     engines, timeout = state.engines, state.settings.engine_timeout_s
     language = ask.language or state.settings.asr_language or None
     asr = engines.asr
-    if isinstance(asr, DetailedRecognizer):
+    if isinstance(asr, DetailedRecognizer) and not _plain(ask, duration):
         def start() -> tuple[Iterator[dict[str, Any]], str]:
             return asr.transcribe_detailed(audio, language, ask.prompt, temperature=ask.temperature,
                                            words=ask.words)
