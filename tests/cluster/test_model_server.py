@@ -9,7 +9,6 @@ speech, must work on ``edge`` as it does on a server with embedded models.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,8 +16,7 @@ import pytest
 from faster_whisper import WhisperModel
 
 from tests.conftest import API_KEY, ServerProcess, scaled, start_server, stop_server
-from tests.e2e.test_realtime_sdk import conversation
-from tests.prompts import LONG_ANSWERS
+from tests.e2e.test_realtime_sdk import check_barge_in, conversation
 from tests.realtime_client import audio_of, silence24k, to16k, to_pcm24k
 from tests.speech import utterance, wer
 
@@ -76,28 +74,6 @@ async def test_a_voice_turn_through_the_model_server(servers: tuple[ServerProces
 
 
 async def test_barge_in_through_the_model_server(servers: tuple[ServerProcess, ServerProcess]) -> None:
+    """The same checks as with embedded models: the cut is made here, whatever serves the engines."""
     _models, edge = servers
-    first, interruption = utterance("0930"), utterance("0880")
-    async with conversation(edge, LONG_ANSWERS) as (_conn, rec, mic):
-        mic.say(silence24k(300) + to_pcm24k(first.samples()))
-        await rec.wait_for("response.output_audio.delta", timeout=scaled(90))
-        response_id = rec.of("response.created")[0]["response"]["id"]
-        await asyncio.sleep(1.0)
-        assert not rec.of("response.done"), "the answer should still be playing"
-        await mic.say(to_pcm24k(interruption.samples()))
-        started = await rec.wait_for("input_audio_buffer.speech_started", 2, timeout=scaled(10))
-        done = await rec.wait_for("response.done", timeout=scaled(10))
-        assert done["response"]["id"] == response_id
-        assert done["response"]["status"] == "cancelled"
-        cut = next(i for i, (_, e) in enumerate(rec.events) if e is started)
-        late = [e for _, e in rec.events[cut:] if e["type"] == "response.output_audio.delta"
-                and e["response_id"] == response_id]
-        assert late == []
-        sent = "".join(e["delta"] for e in rec.of("response.output_audio_transcript.delta")
-                       if e["response_id"] == response_id)
-        kept = done["response"]["output"][0]["content"][0]["transcript"]
-        assert sent.startswith(kept) and len(kept.split()) <= len(sent.split())
-        # The interruption is the next turn, answered through the model server again.
-        second = await rec.wait_for("response.done", 2, timeout=scaled(90))
-        assert second["response"]["status"] in ("completed", "cancelled")
-    assert not rec.of("error"), rec.of("error")
+    await check_barge_in(edge, first_audio_timeout=90)

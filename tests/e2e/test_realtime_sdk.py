@@ -86,10 +86,17 @@ async def test_voice_turn_transcript_audio_and_done(real_server: ServerProcess, 
 
 
 async def test_barge_in_cancels_and_truncates(real_server: ServerProcess) -> None:
+    await check_barge_in(real_server)
+
+
+async def check_barge_in(server: ServerProcess, first_audio_timeout: float = 60) -> None:
+    """Talk over a long answer: it stops at once (no audio after ``speech_started``), the history
+    keeps what was heard, the interruption is the next turn, and the client may refine the cut.
+    (Also run against a voicebot whose engines are all remote: tests/cluster.)"""
     first, interruption = utterance("0930"), utterance("0880")
-    async with conversation(real_server, LONG_ANSWERS) as (conn, rec, mic):
+    async with conversation(server, LONG_ANSWERS) as (conn, rec, mic):
         mic.say(silence24k(300) + to_pcm24k(first.samples()))
-        await rec.wait_for("response.output_audio.delta", timeout=scaled(60))
+        await rec.wait_for("response.output_audio.delta", timeout=scaled(first_audio_timeout))
         response_id = rec.of("response.created")[0]["response"]["id"]
         await asyncio.sleep(1.0)
         assert not rec.of("response.done"), "the answer should still be playing"
@@ -113,7 +120,7 @@ async def test_barge_in_cancels_and_truncates(real_server: ServerProcess) -> Non
         assert retrieved["item"]["content"][0]["transcript"] == kept
         assert retrieved["item"]["status"] == "incomplete"
         # The interruption itself becomes the next user turn, answered with the cut history.
-        second = await rec.wait_for("response.done", 2, timeout=scaled(60))
+        second = await rec.wait_for("response.done", 2, timeout=scaled(first_audio_timeout))
         assert second["response"]["status"] in ("completed", "cancelled")
         # And the client may refine the cut to what it really played.
         await conn.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=0)

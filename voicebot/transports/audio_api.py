@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -55,7 +55,7 @@ from voicebot.transports.audio_files import (
     to_srt,
     to_vtt,
 )
-from voicebot.transports.http_common import json_errors, read_model
+from voicebot.transports.http_common import json_errors, limited_stream, read_model
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +138,12 @@ def _ask(form: Any) -> TranscriptionAsk:
     return TranscriptionAsk(fmt, language, _field(form, "prompt"), temperature, "word" in granularities)
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    """The body, ended with 413 past ``limit`` bytes (before the form parser spools any more)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"The upload exceeds the {limit} byte limit.", "request_too_large")
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, f"The upload exceeds the {limit} byte limit.", "request_too_large")
-            yield chunk
-    except ClientDisconnect:
-        raise HttpError(400, "The client went away while sending the file.", "client_disconnected") from None
-
-
 async def _upload(request: Request, state: AppState) -> tuple[bytes, Any]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HttpError(400, "Send the audio as multipart/form-data with a 'file' field.", "invalid_value",
                         param="file")
-    parser = MultiPartParser(request.headers, _limited(request, state.settings.max_audio_upload_bytes),
-                             max_files=1, max_fields=_MAX_FIELDS, max_part_size=_MAX_FIELD_BYTES)
+    body = limited_stream(request, state.settings.max_audio_upload_bytes, "The upload")
+    parser = MultiPartParser(request.headers, body, max_files=1, max_fields=_MAX_FIELDS, max_part_size=_MAX_FIELD_BYTES)
     try:
         form = await parser.parse()
     except MultiPartException as exc:

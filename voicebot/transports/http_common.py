@@ -7,7 +7,7 @@ credential check is :func:`voicebot.transports.access.authorize`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -35,22 +35,27 @@ def json_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes before reading them all."""
+async def limited_stream(request: Request, limit: int, what: str = "Request body") -> AsyncGenerator[bytes, None]:
+    """The body as it arrives, ended with 413 past ``limit`` bytes (the declared length is checked
+    first, so an honest oversize request is refused before any of it is read)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"Request body exceeds the {limit} byte limit.", "request_too_large")
-    chunks: list[bytes] = []
+        raise HttpError(413, f"{what} exceeds the {limit} byte limit.", "request_too_large")
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise HttpError(413, f"Request body exceeds the {limit} byte limit.", "request_too_large")
-            chunks.append(chunk)
+                raise HttpError(413, f"{what} exceeds the {limit} byte limit.", "request_too_large")
+            yield chunk
     except ClientDisconnect:
-        raise HttpError(400, "The client went away while sending the body.", "client_disconnected") from None
-    return b"".join(chunks)
+        raise HttpError(400, f"The client went away while sending the {what.lower()}.",
+                        "client_disconnected") from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes before reading them all."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
 
 
 async def read_model(request: Request, model: type[M], limit: int, *, empty_ok: bool = False) -> M:
