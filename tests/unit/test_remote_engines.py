@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port, scaled
-from voicebot.engines import asr_openai
+from voicebot.engines import asr_openai, openai_audio
 from voicebot.engines.asr_openai import OpenAITranscriber
 from voicebot.engines.tts_openai import PCM_RATE, OpenAISynthesizer
 from voicebot.errors import EngineError
@@ -149,7 +149,7 @@ def server() -> Iterator[tuple[Standin, str]]:
 
 @pytest.fixture
 def standin(server: tuple[Standin, str], monkeypatch: pytest.MonkeyPatch) -> Standin:
-    monkeypatch.setattr(asr_openai, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(openai_audio, "BACKOFF_S", 0.01)
     state, _ = server
     fresh = Standin()
     state.__dict__.update(fresh.__dict__)

@@ -11,7 +11,7 @@ A server that ignores ``response_format`` and sends a WAV (``RIFF`` header) is a
 WAV is 24 kHz 16-bit mono; anything else is an error naming the server. A trailing odd byte (a
 server that cut the stream mid-sample) is dropped.
 
-HTTP, retries and errors: :class:`~voicebot.engines.asr_openai.OpenAIAudioClient`.
+HTTP, retries and errors: :class:`~voicebot.engines.openai_audio.OpenAIAudioClient`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 
 from voicebot.core.types import Int16Array
-from voicebot.engines.asr_openai import OpenAIAudioClient
 from voicebot.engines.faults import TTS_FAILED
+from voicebot.engines.openai_audio import OpenAIAudioClient
 from voicebot.errors import EngineError
 
 log = logging.getLogger(__name__)
