@@ -175,8 +175,20 @@ class ConversationHub:
             await asyncio.sleep(interval)
             try:
                 self.sweep()
+                await self._keep_shared_alive()
             except Exception:  # a bug here must not end expiry for the life of the process
                 log.exception("conversation sweep failed")
+
+    async def _keep_shared_alive(self) -> None:
+        """The store expires a conversation --conversation-idle-ttl-s after its last event; one a
+        reader or a voice session here is on, however quiet, stays (the sweep runs 4x per TTL)."""
+        if self.store is None:
+            return
+        in_use = set(self.in_use())
+        for shared in list(self._conversations.values()):
+            if shared.id in in_use or not shared.idle:
+                with contextlib.suppress(StoreUnavailable):  # the feed logs the outage
+                    await self.store.touch(shared.id)
 
     async def close(self) -> None:
         if self._sweeper is not None:

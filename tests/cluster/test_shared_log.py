@@ -123,3 +123,19 @@ async def test_items_made_on_one_instance_join_the_other_ones_history(
     fresh = await third.open(on_a.id)
     assert [(i.role, i.text) for i in fresh.conversation.items] == texts
     await third.close()
+
+
+async def test_a_quiet_conversation_someone_is_on_does_not_expire_in_the_store(redis_server: Redis) -> None:
+    settings = from_env({}, conversation_idle_ttl_s=2.0)
+    store = await RedisStore.connect(redis_server.url, instance_id="a", ttl_s=2, log_events=50)
+    hub = ConversationHub(settings, fake_engines(), store=store)
+    try:
+        watched, quiet = await hub.new(), await hub.new()
+        reader = (await watched.listen(0)).listener
+        await asyncio.sleep(3.5)  # past the TTL, with no event on either
+        assert await store.load_conversation(watched.id) is not None, "a reader is on it"
+        assert await store.load_conversation(quiet.id) is None, "nobody is: expired"
+        watched.unsubscribe(reader)
+    finally:
+        await hub.close()
+        await store.aclose()
