@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import contextlib
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import contextlib
-
+from scripts.bench_latency import pct
 from tests.conftest import ServerProcess, free_port, start_server, stop_server
+from voicebot.engines.asr_openai import wav_bytes
 
 KEY = "bench-key"
 DEAD_URL = "http://127.0.0.1:9/v1"  # discard port: a remote engine that is never called
@@ -77,15 +76,6 @@ FIRST_CLAUSE = "Sure, I can help with that."
 
 
 # --- statistics and tables ------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def fmt(value: float, digits: int) -> str:
@@ -340,16 +330,6 @@ async def part_sse(args: argparse.Namespace) -> str:
 # --- audio endpoints ------------------------------------------------------------------------------
 
 
-def wav_file(samples: Any, rate: int = 16_000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return out.getvalue()
-
-
 def model_server(standin_url: str | None) -> ServerProcess:
     llm = ["--llm-base-url", standin_url, "--llm-model", "standin"] if standin_url else []
     return start_server("--api-key", KEY, *llm, ready_timeout=300)
@@ -362,7 +342,7 @@ def part_audio(server: ServerProcess, runs: int) -> str:
 
     client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0, timeout=120)
     utterances = sorted(all_utterances(), key=lambda u: -u.samples().size)[:10]
-    files = [(u, wav_file(u.samples()), u.samples().size / 16_000) for u in utterances]
+    files = [(u, wav_bytes(u.samples() / 32768), u.samples().size / 16_000) for u in utterances]
     client.audio.transcriptions.create(model="whisper-1", file=("w.wav", files[0][1], "audio/wav"))  # warm-up
     asr_rtf, asr_ms, wers = [], [], []
     for _ in range(runs):
