@@ -59,10 +59,13 @@ class ConversationHub:
         if len(self._conversations) >= self.settings.max_conversations:
             raise HttpError(429, f"This server holds its maximum of {self.settings.max_conversations} "
                             "conversations.", "too_many_conversations")
-        conversation = Conversation(ev.new_id("conv"), instructions, max_items=self.settings.max_conversation_items,
+        return self._register(ev.new_id("conv"), instructions)
+
+    def _register(self, conversation_id: str, instructions: str | None) -> SharedConversation:
+        conversation = Conversation(conversation_id, instructions, max_items=self.settings.max_conversation_items,
                                     max_bytes=self.settings.max_conversation_bytes)
         shared = SharedConversation(conversation, self.settings, self.engines)
-        self._conversations[conversation.id] = shared
+        self._conversations[conversation_id] = shared
         self._start_sweeper()
         return shared
 
@@ -80,9 +83,16 @@ class ConversationHub:
 
     async def open(self, conversation_id: str) -> SharedConversation:
         """:meth:`get`, and with a shared store, a conversation made on another instance: its copy
-        here, loaded from the store (404 if the store has never heard of it either)."""
-        if self.store is None or conversation_id in self._conversations:
+        here, loaded from the store (404 if the store has never heard of it either). A copy here
+        that expired is loaded afresh: the store may still have the conversation."""
+        if self.store is None:
             return self.get(conversation_id)
+        local = self._conversations.get(conversation_id)
+        if local is not None:
+            if not self._expired(local, time.monotonic(), None):
+                local.touch()
+                return local
+            self._forget(local)
         try:
             stored = await self.store.load_conversation(conversation_id)
         except StoreUnavailable as exc:
@@ -91,16 +101,11 @@ class ConversationHub:
             raise conversation_not_found(conversation_id)
         if conversation_id in self._conversations:  # another request loaded it meanwhile
             return self.get(conversation_id)
-        conversation = Conversation(conversation_id, stored.instructions,
-                                    max_items=self.settings.max_conversation_items,
-                                    max_bytes=self.settings.max_conversation_bytes)
+        shared = self._register(conversation_id, stored.instructions)
         for snapshot in stored.items:
-            conversation.add(item_from_snapshot(snapshot), by="store")
-        shared = SharedConversation(conversation, self.settings, self.engines)
+            shared.conversation.add(item_from_snapshot(snapshot), by="store")
         shared.created_at = stored.created_at
         shared.share(self.store, stored.last_event_id)
-        self._conversations[conversation_id] = shared
-        self._start_sweeper()
         return shared
 
     def get(self, conversation_id: str) -> SharedConversation:

@@ -16,6 +16,7 @@ import pytest
 from tests.cluster.support import Redis, start_redis
 from tests.session.fakes import fake_engines
 from voicebot.config import from_env
+from voicebot.conversation_feed import item_from_snapshot
 from voicebot.conversation_hub import ConversationHub
 from voicebot.conversations import Listener, SharedConversation
 from voicebot.redis_store import RedisStore
@@ -136,6 +137,26 @@ async def test_a_quiet_conversation_someone_is_on_does_not_expire_in_the_store(r
         assert await store.load_conversation(watched.id) is not None, "a reader is on it"
         assert await store.load_conversation(quiet.id) is None, "nobody is: expired"
         watched.unsubscribe(reader)
+    finally:
+        await hub.close()
+        await store.aclose()
+
+
+async def test_a_copy_forgotten_here_is_loaded_again_from_the_store(redis_server: Redis) -> None:
+    settings = from_env({}, conversation_idle_ttl_s=5.0)  # the store keeps 600 s
+    store = await RedisStore.connect(redis_server.url, instance_id="a", ttl_s=600, log_events=50)
+    hub = ConversationHub(settings, fake_engines(), store=store)
+    try:
+        made = await hub.new("remember me")
+        made.conversation.add(item_from_snapshot({"item_id": "item_x", "role": "user", "text": "hi"}))
+        made.publish("user.message", {"item_id": "item_x", "text": "hi", "source": "text"})
+        await settled(made, 1)
+        made.last_active -= 10  # idle past this instance's TTL, before its sweep has come by
+        again = await hub.open(made.id)
+        assert again is not made
+        assert again.conversation.instructions == "remember me"
+        assert [(i.role, i.text) for i in again.conversation.items] == [("user", "hi")]
+        assert again.last_event_id == 1
     finally:
         await hub.close()
         await store.aclose()
