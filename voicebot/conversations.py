@@ -54,6 +54,10 @@ def store_unavailable(exc: StoreUnavailable) -> HttpError:
                      type="server_error")
 
 
+def _log_entry(event: StoredEvent) -> LogEntry:
+    return LogEntry(event.id, event.event, event.data, sse_frame(event.event, event.data, event.id))
+
+
 #: The events that add or finish an item: with a shared store they carry its snapshot.
 ITEM_EVENTS = frozenset({"user.message", "assistant.done", "tool.call", "tool.output"})
 
@@ -226,7 +230,7 @@ class SharedConversation:
         self.last_active = time.monotonic()
         if event.item is not None and event.origin != (self.feed.origin if self.feed else None):
             self._apply(event.item)
-        self._fan_out(LogEntry(event.id, event.event, event.data, sse_frame(event.event, event.data, event.id)))
+        self._fan_out(_log_entry(event))
 
     def _apply(self, snapshot: dict[str, Any]) -> None:
         item_id = snapshot.get("item_id")
@@ -312,12 +316,15 @@ class SharedConversation:
         backlog = self.log.since(last_event_id) if last_event_id is not None else None
         reset = None
         if backlog is None:
-            reason = "invalid_last_event_id" if last_event_id is None or last_event_id > self.log.last_id \
-                else "too_old"
-            reset = sse_frame("reset", {"reason": reason, "items": self.snapshot()}, self.log.last_id)
+            reset = self._reset_frame(last_event_id, self.log.last_id)
             backlog = []
         self.listeners.add(listener)
         return Subscription(listener, backlog, reset)
+
+    def _reset_frame(self, last_event_id: int | None, newest: int) -> bytes:
+        """What a reader gets instead of a replay it cannot have: the whole history, with the newest id."""
+        reason = "invalid_last_event_id" if last_event_id is None or last_event_id > newest else "too_old"
+        return sse_frame("reset", {"reason": reason, "items": self.snapshot()}, newest)
 
     async def listen(self, last_event_id: int | None) -> Subscription:
         """:meth:`subscribe`, wherever the log lives. From the shared store: the listener is
@@ -334,12 +341,10 @@ class SharedConversation:
             self.unsubscribe(listener)
             raise
         reset = None
-        entries = [LogEntry(e.id, e.event, e.data, sse_frame(e.event, e.data, e.id)) for e in backlog or []]
+        entries = [_log_entry(e) for e in backlog or []]
         if backlog is None:
-            reason = "invalid_last_event_id" if last_event_id is None or last_event_id > feed.last_id \
-                else "too_old"
             listener.floor = feed.last_id  # the snapshot holds everything up to here
-            reset = sse_frame("reset", {"reason": reason, "items": self.snapshot()}, feed.last_id)
+            reset = self._reset_frame(last_event_id, feed.last_id)
         else:
             listener.floor = entries[-1].id if entries else (last_event_id or 0)
         listener.pending = deque(e for e in listener.pending if e.id > listener.floor)
